@@ -1,0 +1,1 @@
+//! RabbitMQ: topology, batched consumers, the outbox relay.

@@ -1,0 +1,1 @@
+//! The gateway simulator: both protocols, served faithfully.

@@ -1,0 +1,1 @@
+//! SQL: every query lives here.
