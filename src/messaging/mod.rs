@@ -1,1 +1,4 @@
-//! RabbitMQ: topology, batched consumers, the outbox relay.
+//! RabbitMQ: the topology, the batched consumers, request parsing and
+//! handling, and the outbox relay.
+
+pub mod contracts;

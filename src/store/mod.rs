@@ -1,1 +1,119 @@
-//! SQL: every query lives here.
+//! All SQL lives here. Functions take a `&mut PgConnection` so the caller
+//! decides the transaction: a message's inbox row, its state change and its
+//! outbox events commit together or not at all.
+
+pub mod inbox;
+pub mod orders;
+pub mod outbox;
+pub mod payments;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+
+use crate::config::DatabaseSettings;
+
+pub type Tx<'a> = sqlx::Transaction<'a, sqlx::Postgres>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A conditional update matched no row: someone else changed it first.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// A row that does not parse into the domain: a bug or manual edit.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    #[error("database url: {0}")]
+    Url(String),
+}
+
+impl StoreError {
+    /// Connection-level trouble (the database is down or restarting): the
+    /// work will succeed later, so it is retried, never dead-lettered.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Db(e) => is_transient_sqlx(e),
+            StoreError::Conflict(_) => true,
+            _ => false,
+        }
+    }
+}
+
+fn is_transient_sqlx(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => {
+            // serialization_failure, deadlock_detected, admin_shutdown, cannot_connect_now
+            matches!(
+                db.code().as_deref(),
+                Some("40001" | "40P01" | "57P01" | "57P03")
+            )
+        }
+        _ => false,
+    }
+}
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Connects, creating the database if it is missing, and applies migrations.
+pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, StoreError> {
+    let options = PgConnectOptions::from_str(settings.url.expose())
+        .map_err(|e| StoreError::Url(e.to_string()))?;
+    create_database_if_missing(&options).await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(settings.max_connections.max(2))
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options.clone().disable_statement_logging())
+        .await?;
+    MIGRATOR.run(&pool).await?;
+    Ok(pool)
+}
+
+/// Connects without migrating (for read-only CLI commands on a possibly
+/// newer schema) — still creates nothing.
+pub async fn connect_existing(settings: &DatabaseSettings) -> Result<PgPool, StoreError> {
+    let options = PgConnectOptions::from_str(settings.url.expose())
+        .map_err(|e| StoreError::Url(e.to_string()))?;
+    Ok(PgPoolOptions::new()
+        .max_connections(settings.max_connections.max(2))
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options.disable_statement_logging())
+        .await?)
+}
+
+async fn create_database_if_missing(options: &PgConnectOptions) -> Result<(), StoreError> {
+    let Some(name) = options.get_database().map(str::to_string) else {
+        return Ok(());
+    };
+    match PgConnection::connect_with(options).await {
+        Ok(conn) => {
+            let _ = conn.close().await;
+            return Ok(());
+        }
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("3D000") => {}
+        Err(e) => return Err(e.into()),
+    }
+    let mut admin = PgConnection::connect_with(&options.clone().database("postgres")).await?;
+    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+    match sqlx::query(&format!("CREATE DATABASE {quoted}"))
+        .execute(&mut admin)
+        .await
+    {
+        Ok(_) => tracing::info!(database = %name, "created database"),
+        // Another instance created it between our check and our CREATE.
+        Err(sqlx::Error::Database(db))
+            if matches!(db.code().as_deref(), Some("42P04" | "23505")) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let _ = admin.close().await;
+    Ok(())
+}

@@ -1,0 +1,95 @@
+//! The transactional outbox: an event row is written in the transaction of
+//! the change it reports, and the relay (messaging::relay) publishes it with
+//! publisher confirms afterwards. So an event exists iff its change committed.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgConnection;
+
+use super::StoreError;
+use crate::messaging::contracts::Event;
+
+pub async fn enqueue(conn: &mut PgConnection, event: &Event) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO outbox (event_id, routing_key, payload, created_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(event.event_id)
+    .bind(&event.kind)
+    .bind(event.to_json())
+    .bind(event.occurred_at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Several events in one round trip (a batch of requests emits many).
+pub async fn enqueue_many(conn: &mut PgConnection, events: &[Event]) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<uuid::Uuid> = events.iter().map(|e| e.event_id).collect();
+    let keys: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    let payloads: Vec<String> = events.iter().map(Event::to_json).collect();
+    let times: Vec<DateTime<Utc>> = events.iter().map(|e| e.occurred_at).collect();
+    sqlx::query(
+        "INSERT INTO outbox (event_id, routing_key, payload, created_at) \
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::timestamptz[])",
+    )
+    .bind(&ids)
+    .bind(&keys)
+    .bind(&payloads)
+    .bind(&times)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PendingEvent {
+    pub id: i64,
+    pub routing_key: String,
+    pub payload: String,
+}
+
+/// Locks up to `limit` unpublished events, oldest first. Rows another relay
+/// holds are skipped, so several instances share the work without doubles.
+pub async fn lock_pending(
+    conn: &mut PgConnection,
+    limit: i64,
+) -> Result<Vec<PendingEvent>, StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT id, routing_key, payload FROM outbox WHERE published_at IS NULL \
+         ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(limit)
+    .fetch_all(conn)
+    .await?)
+}
+
+pub async fn mark_published(conn: &mut PgConnection, ids: &[i64]) -> Result<(), StoreError> {
+    sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
+        .bind(ids)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Published rows are kept a while for inspection, then removed.
+pub async fn prune_published(
+    conn: &mut PgConnection,
+    older_than: DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    let done =
+        sqlx::query("DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < $1")
+            .bind(older_than)
+            .execute(conn)
+            .await?;
+    Ok(done.rows_affected())
+}
+
+pub async fn count_unpublished(conn: &mut PgConnection) -> Result<i64, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            .fetch_one(conn)
+            .await?,
+    )
+}

@@ -1,0 +1,172 @@
+//! The one way a payment is confirmed, whoever learned of it (a
+//! notification, a gateway query, reconciliation). It checks what the
+//! contract demands before money state moves (amount equals the total, the
+//! order is still waiting for payment), and records an anomaly otherwise.
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+use sqlx::PgConnection;
+
+use super::{orders, outbox, StoreError};
+use crate::domain::{Channel, Money, Order, OrderId, OrderStatus};
+use crate::messaging::contracts::Event;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaidSource {
+    Notification,
+    Query,
+    Reconciliation,
+}
+
+impl PaidSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PaidSource::Notification => "notification",
+            PaidSource::Query => "query",
+            PaidSource::Reconciliation => "reconciliation",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnomalyKind {
+    AmountMismatch,
+    PaidAfterCancel,
+    UnknownOrder,
+}
+
+impl AnomalyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AnomalyKind::AmountMismatch => "amount_mismatch",
+            AnomalyKind::PaidAfterCancel => "paid_after_cancel",
+            AnomalyKind::UnknownOrder => "unknown_order",
+        }
+    }
+}
+
+/// What the gateway says was paid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayPayment {
+    pub channel: Channel,
+    pub out_trade_no: String,
+    pub transaction_id: String,
+    pub amount: Money,
+    pub paid_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfirmOutcome {
+    /// pending_payment → paid; `order.paid` enqueued.
+    Confirmed(Order),
+    /// Already paid (a replay, or learned twice): nothing changed.
+    AlreadyPaid(Order),
+    /// Not moved to paid; `payment.anomaly` enqueued unless this exact anomaly was already recorded.
+    Anomaly(AnomalyKind),
+}
+
+pub async fn confirm_payment(
+    conn: &mut PgConnection,
+    payment: &GatewayPayment,
+    source: PaidSource,
+    request_id: Option<&str>,
+) -> Result<ConfirmOutcome, StoreError> {
+    let order = match OrderId::from_out_trade_no(&payment.out_trade_no) {
+        Some(id) => orders::get_for_update(conn, id).await?,
+        None => None,
+    };
+    let Some(mut order) = order.filter(|o| o.payment_method == payment.channel) else {
+        record_anomaly(conn, AnomalyKind::UnknownOrder, payment, None, request_id).await?;
+        return Ok(ConfirmOutcome::Anomaly(AnomalyKind::UnknownOrder));
+    };
+    match order.status {
+        OrderStatus::PendingPayment if payment.amount != order.total_amount => {
+            record_anomaly(
+                conn,
+                AnomalyKind::AmountMismatch,
+                payment,
+                Some(&order),
+                request_id,
+            )
+            .await?;
+            Ok(ConfirmOutcome::Anomaly(AnomalyKind::AmountMismatch))
+        }
+        OrderStatus::PendingPayment => {
+            let expected = order.status;
+            order
+                .mark_paid(&payment.transaction_id, payment.amount, payment.paid_at)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            orders::update(conn, &order, expected).await?;
+            let event = Event::for_order(
+                "order.paid",
+                &order,
+                request_id,
+                json!({ "source": source.as_str() }),
+            );
+            outbox::enqueue(conn, &event).await?;
+            Ok(ConfirmOutcome::Confirmed(order))
+        }
+        OrderStatus::Cancelled => {
+            record_anomaly(
+                conn,
+                AnomalyKind::PaidAfterCancel,
+                payment,
+                Some(&order),
+                request_id,
+            )
+            .await?;
+            Ok(ConfirmOutcome::Anomaly(AnomalyKind::PaidAfterCancel))
+        }
+        OrderStatus::Paid
+        | OrderStatus::Shipped
+        | OrderStatus::Completed
+        | OrderStatus::Refunded => {
+            if order.gateway_transaction_id.as_deref() != Some(payment.transaction_id.as_str()) {
+                tracing::warn!(order_id = %order.order_id, gateway_transaction_id = %payment.transaction_id,
+                    "payment reported with another transaction id for an order already paid");
+            }
+            Ok(ConfirmOutcome::AlreadyPaid(order))
+        }
+    }
+}
+
+/// Records the anomaly once per (channel, out_trade_no, kind, transaction):
+/// a replayed notification finds the row and emits nothing.
+async fn record_anomaly(
+    conn: &mut PgConnection,
+    kind: AnomalyKind,
+    p: &GatewayPayment,
+    order: Option<&Order>,
+    request_id: Option<&str>,
+) -> Result<(), StoreError> {
+    let inserted = sqlx::query(
+        "INSERT INTO payment_anomalies (kind, channel, out_trade_no, order_id, gateway_amount, gateway_transaction_id) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+    )
+    .bind(kind.as_str())
+    .bind(p.channel.as_str())
+    .bind(&p.out_trade_no)
+    .bind(order.map(|o| o.order_id.0))
+    .bind(p.amount.fen())
+    .bind(&p.transaction_id)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        return Ok(());
+    }
+    tracing::warn!(kind = kind.as_str(), out_trade_no = %p.out_trade_no, "payment anomaly");
+    metrics::counter!("payrecon_payment_anomalies_total", "kind" => kind.as_str()).increment(1);
+    let extra = json!({
+        "kind": kind.as_str(),
+        "channel": p.channel.as_str(),
+        "out_trade_no": p.out_trade_no,
+        "gateway_amount": p.amount.fen(),
+        "gateway_transaction_id": p.transaction_id,
+    });
+    let event = match order {
+        Some(o) => Event::for_order("payment.anomaly", o, request_id, extra),
+        None => Event::new("payment.anomaly", request_id, extra),
+    };
+    outbox::enqueue(conn, &event).await
+}
