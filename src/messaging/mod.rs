@@ -2,3 +2,6 @@
 //! handling, and the outbox relay.
 
 pub mod contracts;
+pub mod handler;
+pub mod requests;
+pub mod topology;

@@ -6,6 +6,8 @@ pub mod inbox;
 pub mod orders;
 pub mod outbox;
 pub mod payments;
+pub mod refunds;
+pub mod tasks;
 
 use std::str::FromStr;
 use std::time::Duration;
