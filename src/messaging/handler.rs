@@ -268,9 +268,15 @@ async fn cancel(
         return Ok(Ok(()));
     }
     let reason = reason.to_string();
-    transition(conn, id, rid, "order.cancelled", |o| o.cancel(&reason, now))
-        .await
-        .map(|r| r.map(|()| ()))
+    transition(
+        conn,
+        id,
+        rid,
+        "order.cancelled",
+        json!({ "reason": reason }),
+        |o| o.cancel(&reason, now),
+    )
+    .await
 }
 
 async fn refund(
