@@ -4,6 +4,8 @@
 //! unverifiable answers, timeouts, refused connections), and against the
 //! gateway simulator (`simulator`).
 
+#[path = "gateway/factory.rs"]
+mod factory;
 #[path = "gateway/stub.rs"]
 mod stub;
 #[path = "gateway/stub_alipay.rs"]

@@ -9,6 +9,7 @@
 mod model;
 mod notify;
 pub mod sign;
+mod transport;
 
 use std::path::Path;
 use std::time::Duration;
@@ -18,8 +19,8 @@ use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use reqwest::{Method, StatusCode};
 
-use super::crypto::{random_nonce, RsaPrivateKey, RsaPublicKey};
-use super::http_client::{self, beijing, classify_status, classify_transport, observe, snippet};
+use super::crypto::{RsaPrivateKey, RsaPublicKey};
+use super::http_client::{self, beijing, observe, snippet};
 use super::{
     CloseOutcome, DownloadedBill, Gateway, GatewayError, Headers, Notification, NotificationError,
     PaymentStatus, Prepared, PrepayRequest, RefundRequest, RefundState, RefundStatus, TradeState,
@@ -47,12 +48,6 @@ pub struct WechatPay {
     config: WechatPayConfig,
     base: String,
     client: reqwest::Client,
-}
-
-/// A 2xx answer whose signature verified.
-struct Verified {
-    status: StatusCode,
-    body: Vec<u8>,
 }
 
 /// `description` is at most 127 characters at WeChat.
@@ -101,79 +96,6 @@ impl WechatPay {
             base,
             client,
         })
-    }
-
-    /// One signed request. `Ok` only for a verified 2xx; a 4xx comes back as
-    /// `Business` with WeChat's own code, so callers can match on it.
-    async fn call(
-        &self,
-        method: Method,
-        path_and_query: &str,
-        body: Option<String>,
-    ) -> Result<Verified, GatewayError> {
-        let url = url::Url::parse(&format!("{}{path_and_query}", self.base))
-            .map_err(|e| GatewayError::Protocol(format!("URL {path_and_query:?}: {e}")))?;
-        let response = self.send_signed(method, url, body).await?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| classify_transport(&e))?
-            .to_vec();
-        if status.is_success() {
-            let header = |name: &str| {
-                headers
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string)
-            };
-            sign::verify_platform_signature(
-                header,
-                &bytes,
-                &self.config.platform_public_key,
-                &self.config.platform_serial,
-                Utc::now(),
-            )
-            .map_err(|e| GatewayError::Unknown(format!("unverifiable {status} answer: {e}")))?;
-            return Ok(Verified {
-                status,
-                body: bytes,
-            });
-        }
-        Err(error_answer(status, &bytes))
-    }
-
-    async fn send_signed(
-        &self,
-        method: Method,
-        url: url::Url,
-        body: Option<String>,
-    ) -> Result<reqwest::Response, GatewayError> {
-        let body_text = body.unwrap_or_default();
-        let authorization = sign::build_authorization(
-            &self.config.mchid,
-            &self.config.merchant_serial_no,
-            &self.config.merchant_key,
-            method.as_str(),
-            &sign::canonical_url(&url),
-            Utc::now().timestamp(),
-            &random_nonce(32),
-            &body_text,
-        )
-        .map_err(|e| GatewayError::Protocol(format!("signing the request: {e}")))?;
-        let mut request = self
-            .client
-            .request(method, url)
-            .header("Accept", "application/json")
-            .header("Authorization", authorization)
-            .header("Wechatpay-Serial", &self.config.platform_serial);
-        if !body_text.is_empty() {
-            request = request
-                .header("Content-Type", "application/json")
-                .body(body_text);
-        }
-        request.send().await.map_err(|e| classify_transport(&e))
     }
 
     async fn do_prepay(&self, req: &PrepayRequest) -> Result<Prepared, GatewayError> {
@@ -331,28 +253,6 @@ impl WechatPay {
     }
 }
 
-/// A non-2xx answer: 429 and 5xx by status, 4xx by WeChat's own code.
-fn error_answer(status: StatusCode, body: &[u8]) -> GatewayError {
-    let text = String::from_utf8_lossy(body);
-    if let Some(err) = classify_status(status, &text) {
-        return err;
-    }
-    if status.is_client_error() {
-        return match serde_json::from_slice::<model::ApiError>(body) {
-            Ok(e) => GatewayError::Business {
-                code: e.code,
-                message: e.message,
-            },
-            Err(_) => GatewayError::Business {
-                code: format!("HTTP_{}", status.as_u16()),
-                message: snippet(&text),
-            },
-        };
-    }
-    // 1xx/3xx: nothing WeChat answers to an API call.
-    GatewayError::Unknown(format!("unexpected HTTP {status}: {}", snippet(&text)))
-}
-
 #[async_trait]
 impl Gateway for WechatPay {
     fn channel(&self) -> Channel {
@@ -440,33 +340,6 @@ impl Gateway for WechatPay {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn error_answers_are_classified() {
-        let business = error_answer(
-            StatusCode::NOT_FOUND,
-            br#"{"code":"ORDER_NOT_EXIST","message":"no"}"#,
-        );
-        assert_eq!(
-            business,
-            GatewayError::Business {
-                code: "ORDER_NOT_EXIST".into(),
-                message: "no".into()
-            }
-        );
-        assert!(matches!(
-            error_answer(StatusCode::INTERNAL_SERVER_ERROR, b"{}"),
-            GatewayError::Unknown(_)
-        ));
-        assert!(matches!(
-            error_answer(StatusCode::TOO_MANY_REQUESTS, b""),
-            GatewayError::Transient(_)
-        ));
-        assert!(matches!(
-            error_answer(StatusCode::FORBIDDEN, b"<html>"),
-            GatewayError::Business { code, .. } if code == "HTTP_403"
-        ));
-    }
 
     #[test]
     fn truncation_is_by_character() {
