@@ -6,6 +6,8 @@
 
 #[path = "gateway/factory.rs"]
 mod factory;
+#[path = "gateway/simulator.rs"]
+mod simulator;
 #[path = "gateway/stub.rs"]
 mod stub;
 #[path = "gateway/stub_alipay.rs"]
