@@ -443,3 +443,50 @@ async fn injected_faults_are_unknown_outcomes() {
     sim.faults(json!({})).await;
     assert_eq!(gw.query(&no).await.unwrap().state, TradeState::NotPaid);
 }
+
+/// The simulator's deliberate forgeries (WeChat's `WECHATPAY/SIGNTEST/`
+/// probe, a forged Alipay `sign`) are refused, and a tampered amount is
+/// reported exactly as paid, for the worker to compare with the order.
+#[tokio::test]
+async fn probes_are_refused_and_tampered_amounts_reported() {
+    let sim = start().await;
+    for (i, channel) in Channel::ALL.into_iter().enumerate() {
+        let url = format!("{}/notify/{channel}", sim.receiver.base_url);
+        sim.control("/sim/probe", json!({"channel": channel, "url": url}))
+            .await;
+        let probe = sim.receiver.requests()[2 * i].clone();
+        let headers = probe
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap().to_string()))
+            .collect();
+        let verdict = sim
+            .gw(channel)
+            .verify_notification(&headers, &probe.body, Utc::now());
+        assert!(
+            matches!(
+                verdict,
+                Err(payrecon::gateway::NotificationError::BadSignature(_))
+            ),
+            "{channel}: {verdict:?}"
+        );
+
+        let no = otn();
+        sim.gw(channel)
+            .prepay(&sim.prepay_request(channel, &no, 3998))
+            .await
+            .unwrap();
+        sim.control(
+            "/sim/pay",
+            json!({"channel": channel, "out_trade_no": no, "amount": 1}),
+        )
+        .await;
+        let Notification::Payment { amount, .. } = sim.notification(channel, 2 * i + 1).await
+        else {
+            panic!("{channel}: expected a payment notification");
+        };
+        assert_eq!(amount, Money::from_fen(1).unwrap(), "{channel}");
+        let status = sim.gw(channel).query(&no).await.unwrap();
+        assert_eq!(status.amount.map(Money::fen), Some(1), "{channel}");
+    }
+}
