@@ -239,7 +239,7 @@ impl WechatPay {
             Err(GatewayError::Business { code, message }) if code == "STATEMENT_CREATING" => {
                 return Err(GatewayError::Transient(format!("{code}: {message}")))
             }
-            Err(e) => Err(e)?,
+            Err(e) => return Err(e),
         };
         let url = url::Url::parse(&bill.download_url).map_err(|e| {
             GatewayError::Protocol(format!("download_url {:?}: {e}", bill.download_url))
