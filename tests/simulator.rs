@@ -5,15 +5,21 @@
 
 #[path = "simulator/helpers.rs"]
 mod helpers;
+#[path = "simulator/receiver.rs"]
+mod receiver;
 
 #[path = "simulator/alipay.rs"]
 mod alipay;
+#[path = "simulator/alipay_bill.rs"]
+mod alipay_bill;
 #[path = "simulator/sdk.rs"]
 mod sdk;
 #[path = "simulator/vectors.rs"]
 mod vectors;
 #[path = "simulator/wechat.rs"]
 mod wechat;
+#[path = "simulator/wechat_bill.rs"]
+mod wechat_bill;
 
 use helpers::*;
 use payrecon::simulator::{SimOptions, Simulator};

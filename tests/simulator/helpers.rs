@@ -1,21 +1,18 @@
 //! A simulator on 127.0.0.1:0 with its own keys folder, clients that sign like
-//! the real merchants do, and a notification receiver.
+//! the real merchants do.
 
-use std::collections::{BTreeMap, HashMap};
+pub use crate::receiver::{Received, Receiver};
+
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, Uri};
-use axum::routing::any;
-use axum::Router;
+use axum::http::HeaderMap;
 use payrecon::config::{Settings, SimulatorSettings};
 use payrecon::gateway::crypto::{random_nonce, RsaPublicKey};
 use payrecon::simulator::{SimKeys, SimOptions, Simulator};
 use serde_json::Value;
-use tokio::sync::{mpsc, Mutex};
 use tokio_util::sync::CancellationToken;
 
 /// RSA key generation is slow-ish; generate one set per test binary and copy it.
@@ -304,102 +301,6 @@ pub fn ali_verified_node(h: &Harness, raw: &str) -> Value {
         "node signature does not verify: {raw}"
     );
     serde_json::from_str(node_text).expect("node JSON")
-}
-
-#[derive(Debug, Clone)]
-pub struct Received {
-    pub path: String,
-    pub headers: HashMap<String, String>,
-    pub body: Vec<u8>,
-}
-
-/// Collects notifications. Paths under `/alipay` are acknowledged with
-/// `success`, others with 204; the first `fail_first` deliveries get a 500.
-pub struct Receiver {
-    pub base: String,
-    pub fail_first: Arc<AtomicU32>,
-    rx: Mutex<mpsc::UnboundedReceiver<Received>>,
-    shutdown: CancellationToken,
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
-#[derive(Clone)]
-struct ReceiverState {
-    tx: mpsc::UnboundedSender<Received>,
-    fail_first: Arc<AtomicU32>,
-}
-
-async fn receive(
-    State(s): State<ReceiverState>,
-    uri: Uri,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> (StatusCode, String) {
-    let path = uri.path().to_string();
-    let _ = s.tx.send(Received {
-        path: path.clone(),
-        headers: headers
-            .iter()
-            .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
-            .collect(),
-        body: body.to_vec(),
-    });
-    let failing = s
-        .fail_first
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-        .is_ok();
-    match (failing, path.starts_with("/alipay")) {
-        (true, true) => (StatusCode::OK, "fail".into()),
-        (true, false) => (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            r#"{"code":"FAIL","message":"失败"}"#.into(),
-        ),
-        (false, true) => (StatusCode::OK, "success".into()),
-        (false, false) => (StatusCode::NO_CONTENT, String::new()),
-    }
-}
-
-impl Receiver {
-    pub async fn start() -> Receiver {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let fail_first = Arc::new(AtomicU32::new(0));
-        let state = ReceiverState {
-            tx,
-            fail_first: fail_first.clone(),
-        };
-        let app = Router::new()
-            .route("/{*path}", any(receive))
-            .with_state(state);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
-        let shutdown = CancellationToken::new();
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await;
-        });
-        Receiver {
-            base,
-            fail_first,
-            rx: Mutex::new(rx),
-            shutdown,
-        }
-    }
-
-    pub async fn next(&self) -> Received {
-        tokio::time::timeout(Duration::from_secs(10), self.rx.lock().await.recv())
-            .await
-            .expect("a notification within 10 s")
-            .expect("receiver open")
-    }
 }
 
 pub fn today_cn() -> chrono::NaiveDate {

@@ -9,7 +9,7 @@ use chrono::{TimeZone, Utc};
 use payrecon::gateway::crypto::{
     aes_256_gcm_decrypt, aes_256_gcm_encrypt, RsaPrivateKey, RsaPublicKey,
 };
-use payrecon::simulator::{verify_request, AuthError};
+use payrecon::simulator::{verify_request, AuthError, Merchant};
 use serde_json::Value;
 
 use crate::helpers::*;
@@ -49,9 +49,11 @@ fn wechat_authorization_from_openssl() {
             &s("method"),
             &s("uri"),
             body.as_bytes(),
-            &s("mchid"),
-            &s("serial_no"),
-            key,
+            &Merchant {
+                mchid: &s("mchid"),
+                serial_no: &s("serial_no"),
+                key,
+            },
             at(offset),
         )
     };

@@ -1,15 +1,13 @@
 //! WeChat Pay API v3 against the simulator, with a hand-rolled client.
 
-use std::io::Read;
-
 use base64::Engine;
 use chrono::Utc;
-use payrecon::gateway::crypto::{aes_256_gcm_decrypt, sha1_hex, RsaPrivateKey};
+use payrecon::gateway::crypto::{aes_256_gcm_decrypt, RsaPrivateKey};
 use serde_json::{json, Value};
 
 use crate::helpers::*;
 
-fn prepay_body(h: &Harness, otn: &str, total: i64, notify_url: &str) -> Value {
+pub fn prepay_body(h: &Harness, otn: &str, total: i64, notify_url: &str) -> Value {
     json!({"appid": h.settings.wechat_appid, "mchid": h.settings.wechat_mchid,
            "description": "Order, with comma", "out_trade_no": otn,
            "notify_url": notify_url, "amount": {"total": total, "currency": "CNY"}})
@@ -336,94 +334,6 @@ async fn pay_notify_query_refund_and_close() {
 }
 
 #[tokio::test]
-async fn trade_bill_is_gzip_with_sha1_of_the_plain_text() {
-    let h = Harness::start().await;
-    let day = today_cn();
-    let uri = format!("/v3/bill/tradebill?bill_date={day}&bill_type=ALL&tar_type=GZIP");
-    let r = wx(&h, "GET", &uri, None).await;
-    assert_eq!(
-        (r.status, r.json()["code"].clone()),
-        (400, json!("NO_STATEMENT_EXIST"))
-    );
-
-    let body = prepay_body(&h, "WX0005TEST", 100, "http://127.0.0.1:9/n");
-    wx(&h, "POST", "/v3/pay/transactions/native", Some(&body)).await;
-    h.control(
-        "/sim/pay",
-        json!({"channel": "wechat_pay", "out_trade_no": "WX0005TEST"}),
-    )
-    .await;
-    let refund = json!({"out_trade_no": "WX0005TEST", "out_refund_no": "RF5",
-        "amount": {"refund": 40, "total": 100, "currency": "CNY"}});
-    assert_eq!(
-        wx(&h, "POST", "/v3/refund/domestic/refunds", Some(&refund))
-            .await
-            .status,
-        200
-    );
-
-    let r = wx(&h, "GET", &uri, None).await;
-    assert_eq!(r.status, 200);
-    assert!(r.verifies_with(&h.keys().wechat_platform_public));
-    let answer = r.json();
-    assert_eq!(answer["hash_type"], "SHA1");
-    let url = answer["download_url"].as_str().expect("download_url");
-    let base = h.sim.base_url();
-    assert!(url.starts_with(&base), "{url} on {base}");
-    let file = wx(&h, "GET", &url[base.len()..], None).await;
-    assert_eq!(file.status, 200);
-    assert!(
-        file.header("wechatpay-signature").is_empty(),
-        "downloads are unsigned"
-    );
-    let mut text = String::new();
-    flate2::read::GzDecoder::new(&file.body[..])
-        .read_to_string(&mut text)
-        .expect("gzip");
-    assert_eq!(
-        sha1_hex(text.as_bytes()),
-        answer["hash_value"].as_str().expect("hash")
-    );
-
-    let plain = h
-        .http
-        .get(h.url(&format!("/sim/bill?channel=wechat_pay&date={day}")))
-        .send()
-        .await
-        .expect("sim bill")
-        .text()
-        .await
-        .expect("text");
-    assert_eq!(plain, text);
-    let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 5, "{text}");
-    assert_eq!(lines[0].split(',').count(), 27);
-    assert!(
-        lines[1].contains("`SUCCESS,")
-            && lines[1].contains("`1.00,")
-            && lines[1].contains("`0.00600,")
-    );
-    assert!(lines[1].contains("`Order， with comma,"));
-    assert!(
-        lines[2].contains("`REFUND,")
-            && lines[2].contains("`RF5,")
-            && lines[2].contains("`-0.00240,")
-    );
-    assert_eq!(lines[1].split(',').count(), 27);
-    assert_eq!(lines[4], "`2,`1.00,`0.40,`0.00,`0.00360,`1.00,`0.40");
-
-    let gone = wx(&h, "GET", "/v3/billdownload/file?token=nope", None).await;
-    assert_eq!(gone.status, 400);
-    let plain_uri = format!("/v3/bill/tradebill?bill_date={day}&bill_type=SUCCESS");
-    let r = wx(&h, "GET", &plain_uri, None).await;
-    let url = r.json()["download_url"].as_str().expect("url").to_string();
-    let file = wx(&h, "GET", &url[base.len()..], None).await;
-    let text = String::from_utf8(file.body).expect("plain UTF-8");
-    assert_eq!(text.lines().next().map(|l| l.split(',').count()), Some(20));
-    assert_eq!(text.lines().count(), 4);
-}
-
-#[tokio::test]
 async fn faults_fail_hang_and_clear() {
     let h = Harness::start().await;
     let body = prepay_body(&h, "WX0006TEST", 100, "http://127.0.0.1:9/n");
@@ -485,13 +395,9 @@ async fn faults_fail_hang_and_clear() {
 #[tokio::test]
 async fn signtest_probe_is_rejected_by_a_verifying_receiver() {
     let h = Harness::start().await;
-    let rx = Receiver::start().await;
-    let (status, answer) = h
-        .control(
-            "/sim/probe",
-            json!({"channel": "wechat_pay", "url": format!("{}/wechat", rx.base)}),
-        )
-        .await;
+    let rx = Receiver::start_verifying(Some(h.keys().wechat_platform_public.clone())).await;
+    let probe = json!({"channel": "wechat_pay", "url": format!("{}/verify/wechat", rx.base)});
+    let (status, answer) = h.control("/sim/probe", probe).await;
     assert_eq!(status, 200);
     let got = rx.next().await;
     let sig = got
@@ -500,9 +406,35 @@ async fn signtest_probe_is_rejected_by_a_verifying_receiver() {
         .cloned()
         .unwrap_or_default();
     assert!(sig.starts_with("WECHATPAY/SIGNTEST/"), "{sig}");
-    // This receiver acknowledges everything, so the probe reports it as not rejecting.
-    assert_eq!(answer["rejected"], false);
-    assert_eq!(answer["status"], 204);
-    let decoded = base64::engine::general_purpose::STANDARD.decode(sig.as_bytes());
-    assert!(decoded.is_err(), "a probe signature is not even Base64");
+    assert!(base64::engine::general_purpose::STANDARD
+        .decode(sig.as_bytes())
+        .is_err());
+    assert_eq!(
+        (answer["status"].clone(), answer["rejected"].clone()),
+        (json!(401), json!(true))
+    );
+
+    // A receiver that does not verify is caught acknowledging the probe.
+    let careless = Receiver::start().await;
+    let probe = json!({"channel": "wechat_pay", "url": format!("{}/wechat", careless.base)});
+    let (_, answer) = h.control("/sim/probe", probe).await;
+    assert_eq!(
+        (answer["status"].clone(), answer["rejected"].clone()),
+        (json!(204), json!(false))
+    );
+
+    // Genuine notifications pass the same verifying receiver.
+    let body = prepay_body(&h, "WX0007TEST", 100, &format!("{}/verify/wechat", rx.base));
+    wx(&h, "POST", "/v3/pay/transactions/native", Some(&body)).await;
+    h.control(
+        "/sim/pay",
+        json!({"channel": "wechat_pay", "out_trade_no": "WX0007TEST"}),
+    )
+    .await;
+    let v = h
+        .wait_payment("WX0007TEST", |v| {
+            v["notifications"][0]["acknowledged"] == true
+        })
+        .await;
+    assert_eq!(v["notifications"][0]["last_status"], 204);
 }
