@@ -48,6 +48,7 @@ pub enum SimError {
     Join(String),
 }
 
+#[derive(Debug, Clone)]
 pub struct SimOptions {
     pub settings: SimulatorSettings,
     /// Delays between notification re-sends (defaults: the gateways' real
