@@ -225,6 +225,20 @@ impl Simulator {
     }
 }
 
+/// `payrecon gateway-sim`: binds `listen`, serves with the gateways' real
+/// notification schedules until `shutdown` is cancelled, then waits for a
+/// clean stop.
+pub async fn run(
+    settings: SimulatorSettings,
+    listen: &str,
+    shutdown: CancellationToken,
+) -> Result<(), SimError> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let sim = Simulator::start(SimOptions::new(settings), listener, shutdown).await?;
+    tracing::info!(simulator.base_url = %sim.base_url(), "gateway simulator ready");
+    sim.stopped().await
+}
+
 fn router(ctx: Arc<Ctx>) -> Router {
     Router::new()
         .route("/v3/{*rest}", any(wechat_pay::entry))
