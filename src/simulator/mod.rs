@@ -46,6 +46,8 @@ pub enum SimError {
     Io(#[from] std::io::Error),
     #[error("simulator server task failed: {0}")]
     Join(String),
+    #[error("simulator HTTP client: {0}")]
+    Client(String),
 }
 
 #[derive(Debug, Clone)]
@@ -174,7 +176,7 @@ impl Simulator {
             .no_proxy()
             .timeout(Duration::from_secs(5))
             .build()
-            .map_err(|e| SimError::Join(e.to_string()))?;
+            .map_err(|e| SimError::Client(e.to_string()))?;
         let addr = listener.local_addr()?;
         let ctx = Arc::new(Ctx {
             settings: opts.settings,
