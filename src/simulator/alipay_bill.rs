@@ -112,7 +112,7 @@ fn detail(ctx: &Ctx, date: NaiveDate) -> (String, Totals) {
             }
         }
     }
-    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    rows.sort_by_key(|r| r.0);
     let start = date.and_hms_opt(0, 0, 0).unwrap_or_default();
     let mut text = String::new();
     text.push_str("#支付宝业务明细查询\n");
@@ -208,8 +208,8 @@ pub fn issue_download(
     date: NaiveDate,
     host: &str,
     now: DateTime<Utc>,
-) -> (String, bool) {
-    let (bytes, empty) = archive(ctx, date).unwrap_or_default();
+) -> std::io::Result<(String, bool)> {
+    let (bytes, empty) = archive(ctx, date)?;
     let token = ctx.ids.token();
     let day = date.format("%Y%m%d");
     let file_name = format!("{}_{day}.csv.zip", account(ctx));
@@ -230,7 +230,7 @@ pub fn issue_download(
         "http://{host}{DOWNLOAD_PATH}?bizType=trade&userId={}&fileType=csv.zip&bizDates={day}&downloadFileName={file_name}&token={token}",
         seller_id(ctx)
     );
-    (url, empty)
+    Ok((url, empty))
 }
 
 /// The unsigned download; faults apply as to any call of the channel.

@@ -83,6 +83,14 @@ pub fn parse_authorization(value: &str) -> Result<Authorization, AuthError> {
     })
 }
 
+/// Who may call: the merchant id, its API certificate serial and public key.
+#[derive(Debug, Clone, Copy)]
+pub struct Merchant<'a> {
+    pub mchid: &'a str,
+    pub serial_no: &'a str,
+    pub key: &'a RsaPublicKey,
+}
+
 /// Checks one request: the header parses, names our merchant and certificate,
 /// is fresh, and its signature over the five-line message verifies with the
 /// merchant's public key. `uri` is the path plus `?query` exactly as sent.
@@ -91,13 +99,11 @@ pub fn verify_request(
     method: &str,
     uri: &str,
     body: &[u8],
-    expected_mchid: &str,
-    expected_serial: &str,
-    key: &RsaPublicKey,
+    merchant: &Merchant<'_>,
     now: DateTime<Utc>,
 ) -> Result<Authorization, AuthError> {
     let auth = parse_authorization(header.ok_or(AuthError::Malformed("no Authorization"))?)?;
-    if auth.mchid != expected_mchid || !auth.serial_no.eq_ignore_ascii_case(expected_serial) {
+    if auth.mchid != merchant.mchid || !auth.serial_no.eq_ignore_ascii_case(merchant.serial_no) {
         return Err(AuthError::WrongMerchant);
     }
     let ts: i64 = auth
@@ -111,7 +117,7 @@ pub fn verify_request(
         format!("{method}\n{uri}\n{}\n{}\n", auth.timestamp, auth.nonce_str).into_bytes();
     message.extend_from_slice(body);
     message.push(b'\n');
-    if !key.verify_sha256_base64(&message, &auth.signature) {
+    if !merchant.key.verify_sha256_base64(&message, &auth.signature) {
         return Err(AuthError::BadSignature);
     }
     Ok(auth)
@@ -226,6 +232,22 @@ mod tests {
             r#"WECHATPAY2-SHA256-RSA2048 mchid="1",nonce_str="n",timestamp="1",serial_no="s",signature="x",extra="y""#,
         ] {
             assert!(parse_authorization(bad).is_err(), "{bad}");
+        }
+    }
+
+    use proptest::strategy::Strategy;
+
+    proptest::proptest! {
+        /// Any order of the five items, with or without spaces after commas.
+        #[test]
+        fn any_item_order_parses_the_same(order in proptest::strategy::Just(vec![0usize, 1, 2, 3, 4]).prop_shuffle(), spaced in proptest::bool::ANY) {
+            let items = [r#"mchid="1900000001""#, r#"nonce_str="N1""#, r#"timestamp="1554208460""#,
+                         r#"serial_no="S1""#, r#"signature="c2ln""#];
+            let sep = if spaced { ", " } else { "," };
+            let header = format!("{SCHEME} {}", order.iter().map(|i| items[*i]).collect::<Vec<_>>().join(sep));
+            let a = parse_authorization(&header).unwrap();
+            proptest::prop_assert_eq!((a.mchid.as_str(), a.nonce_str.as_str(), a.timestamp.as_str(),
+                a.serial_no.as_str(), a.signature.as_str()), ("1900000001", "N1", "1554208460", "S1", "c2ln"));
         }
     }
 }
