@@ -27,6 +27,10 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 /// Pause between claim attempts while the database is unreachable.
 const CLAIM_RETRY: Duration = Duration::from_secs(2);
 
+/// How long finished runs are kept: long enough to look back over a month
+/// of incidents.
+const RUN_RETENTION_DAYS: i64 = 30;
+
 #[derive(Debug, thiserror::Error)]
 pub enum SchedulerError {
     #[error("job {job}: schedule {expr:?}: {message}")]
@@ -279,9 +283,21 @@ async fn job_loop(
                 }
             }
         }
+        prune(&pool, &name, slot).await;
         // A run longer than the interval does not replay the slots it
         // overran: they belonged to other instances or are gone.
         after = slot.max(Utc::now());
+    }
+}
+
+async fn prune(pool: &PgPool, name: &str, slot: DateTime<Utc>) {
+    let before = slot - chrono::Duration::days(RUN_RETENTION_DAYS);
+    let pruned = async {
+        let mut conn = pool.acquire().await?;
+        store::jobs::prune_runs(&mut conn, name, before).await
+    };
+    if let Err(e) = pruned.await {
+        tracing::warn!(job = %name, error = %e, "could not prune old job runs");
     }
 }
 

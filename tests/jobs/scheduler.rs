@@ -114,7 +114,7 @@ async fn a_slot_runs_once_even_for_an_instance_with_a_skewed_clock() {
     );
     assert_eq!(run.counts, serde_json::json!({"work": 3}));
     assert!(run.finished_at.is_some() && run.error.is_none());
-    db.drop(&[]).await;
+    db.finish(&[]).await;
 }
 
 #[tokio::test]
@@ -144,7 +144,7 @@ async fn a_failed_run_is_recorded_with_its_error() {
         .await
         .unwrap();
     assert!(matches!(next, SlotOutcome::Failed(_)));
-    db.drop(&[]).await;
+    db.finish(&[]).await;
 }
 
 #[tokio::test]
@@ -190,7 +190,7 @@ async fn a_slot_that_comes_while_a_run_is_going_is_skipped() {
     );
     assert_eq!(job.slots.lock().unwrap().len(), 1);
     assert_eq!(job.max_running.load(Ordering::SeqCst), 1);
-    db.drop(&[]).await;
+    db.finish(&[]).await;
 }
 
 #[tokio::test]
@@ -241,7 +241,7 @@ async fn a_crashed_run_blocks_the_job_only_until_its_lease_expires() {
             ("b".to_string(), Some(RunOutcome::Succeeded)),
         ]
     );
-    db.drop(&[]).await;
+    db.finish(&[]).await;
 }
 
 #[tokio::test]
@@ -278,7 +278,7 @@ async fn a_restart_catches_up_only_the_latest_missed_slot_and_only_once() {
 
     assert_eq!(job.slots.lock().unwrap().clone(), vec![noon, latest]);
     assert_eq!(rows(&db).await.len(), 2);
-    db.drop(&[]).await;
+    db.finish(&[]).await;
 }
 
 /// Runs `instances` real scheduler loops, each on its own pool, for `span`.
@@ -327,7 +327,7 @@ async fn two_daemons_run_each_tick_once() {
         .map(|r| r.slot)
         .collect();
     assert_eq!(succeeded, slots);
-    db.drop(&pools).await;
+    db.finish(&pools).await;
 }
 
 #[tokio::test]
@@ -359,5 +359,5 @@ async fn a_job_longer_than_its_interval_is_not_started_twice() {
         recorded.iter().all(|r| r.finished_at.is_some()),
         "a run was left open"
     );
-    db.drop(&pools).await;
+    db.finish(&pools).await;
 }

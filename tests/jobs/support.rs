@@ -11,6 +11,7 @@ const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 pub struct TestDb {
     pub name: String,
     pub pool: PgPool,
+    finished: bool,
 }
 
 impl TestDb {
@@ -19,7 +20,11 @@ impl TestDb {
         let pool = store::connect(&settings(&name))
             .await
             .expect("create test database");
-        TestDb { name, pool }
+        TestDb {
+            name,
+            pool,
+            finished: false,
+        }
     }
 
     /// Another "daemon" on the same database: its own pool.
@@ -29,23 +34,45 @@ impl TestDb {
             .expect("connect again")
     }
 
-    pub async fn drop(self, others: &[PgPool]) {
+    /// Closes the pools and drops the database.
+    pub async fn finish(mut self, others: &[PgPool]) {
         for p in others {
             p.close().await;
         }
         self.pool.close().await;
-        let mut admin = PgConnection::connect(ADMIN_URL)
-            .await
-            .expect("admin connection");
-        sqlx::query(&format!(
-            "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-            self.name
-        ))
-        .execute(&mut admin)
-        .await
-        .expect("drop test database");
-        let _ = admin.close().await;
+        drop_database(&self.name).await;
+        self.finished = true;
     }
+}
+
+impl Drop for TestDb {
+    /// A test that failed before `finish`: drop its database anyway, from a
+    /// thread with its own runtime (the test's may be unwinding).
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(drop_database(&name));
+            }
+        })
+        .join();
+    }
+}
+
+async fn drop_database(name: &str) {
+    let Ok(mut admin) = PgConnection::connect(ADMIN_URL).await else {
+        return;
+    };
+    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .execute(&mut admin)
+        .await;
+    let _ = admin.close().await;
 }
 
 fn settings(name: &str) -> DatabaseSettings {

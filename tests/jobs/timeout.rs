@@ -8,8 +8,11 @@ use std::sync::Arc;
 use chrono::{Duration, SubsecRound, Utc};
 use payrecon::domain::{Channel, OrderStatus, PaymentState};
 use payrecon::gateway::Gateway;
-use payrecon::jobs::TimeoutCancel;
+use payrecon::jobs::timeout_cancel::JOB_NAME;
+use payrecon::jobs::{Scheduler, TimeoutCancel};
+use payrecon::store::jobs::RunOutcome;
 use payrecon::store::tasks::{self, NewTask, TaskKind};
+use tokio_util::sync::CancellationToken;
 
 use crate::support::{events, events_of, insert, load, order, TestDb};
 
@@ -87,7 +90,7 @@ async fn orders_with_no_payment_started_are_cancelled_without_a_gateway() {
         OrderStatus::Cancelled
     );
     assert_eq!(events(&db.pool).await.len(), 8);
-    db.drop(&[]).await;
+    db.finish(&[]).await;
 }
 
 #[tokio::test]
@@ -130,7 +133,7 @@ async fn a_started_payment_is_never_cancelled_without_asking_the_gateway() {
     // Deferred means "next tick", not "never".
     let next = job.run_at(now + Duration::minutes(1)).await.unwrap();
     assert_eq!(next.get("deferred"), 1);
-    db.drop(&[]).await;
+    db.finish(&[]).await;
 }
 
 #[tokio::test]
@@ -171,5 +174,46 @@ async fn two_instances_share_a_backlog_and_handle_each_order_once() {
         assert_eq!(events_of(&all, "order.cancelled", id).len(), 1);
         assert_eq!(load(&db.pool, id).await.status, OrderStatus::Cancelled);
     }
-    db.drop(&[other]).await;
+    db.finish(&[other]).await;
+}
+
+#[tokio::test]
+async fn the_scheduled_job_records_what_it_cancelled() {
+    let db = TestDb::new().await;
+    let now = Utc::now().trunc_subsecs(6);
+    for i in 0..5 {
+        let o = order(
+            Channel::WechatPay,
+            now - Duration::minutes(45 + i),
+            Duration::minutes(30),
+            PaymentState::NotStarted,
+        );
+        insert(&db.pool, &o).await;
+    }
+    let job = Arc::new(TimeoutCancel::new(db.pool.clone(), no_gateways(), 2));
+    let mut scheduler = Scheduler::new().with_instance("daemon");
+    let utc = payrecon::config::parse_offset("UTC").unwrap();
+    scheduler.add(JOB_NAME, "* * * * * *", utc, job).unwrap();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(scheduler.run(db.pool.clone(), shutdown.clone()));
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    shutdown.cancel();
+    running.await.unwrap();
+
+    let mut conn = db.pool.acquire().await.unwrap();
+    let runs = payrecon::store::jobs::runs(&mut conn, JOB_NAME)
+        .await
+        .unwrap();
+    drop(conn);
+    assert!(!runs.is_empty());
+    let cancelled: u64 = runs
+        .iter()
+        .map(|r| r.counts["cancelled"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(cancelled, 5, "{runs:?}");
+    assert!(runs
+        .iter()
+        .all(|r| r.outcome == Some(RunOutcome::Succeeded)));
+    assert_eq!(events(&db.pool).await.len(), 5);
+    db.finish(&[]).await;
 }
