@@ -256,3 +256,32 @@ async fn two_instances_racing_on_a_mixed_backlog_handle_each_order_once() {
     sim.stop().await;
     db.finish(&[other_pool]).await;
 }
+
+#[tokio::test]
+async fn a_payment_of_another_amount_is_an_anomaly_not_a_cancel() {
+    let (db, sim) = (TestDb::new().await, Sim::start().await);
+    let gateways = sim.gateways();
+    let now = Utc::now().trunc_subsecs(6);
+    let o = prepared(&db, &gateways, Channel::WechatPay, now).await;
+    let tampered = o.total_amount.fen() - 1;
+    sim.control(
+        "/sim/pay",
+        json!({"channel": "wechat_pay", "out_trade_no": o.out_trade_no(), "amount": tampered}),
+    )
+    .await;
+
+    let job = TimeoutCancel::new(db.pool.clone(), gateways, 10);
+    let counts = job.run_at(now).await.unwrap();
+    assert_eq!((counts.get("anomalies"), counts.get("paid"), counts.get("cancelled")), (1, 0, 0));
+    assert_eq!(load(&db.pool, o.order_id).await.status, OrderStatus::PendingPayment);
+    let all = events(&db.pool).await;
+    let anomaly = events_of(&all, "payment.anomaly", o.order_id);
+    assert_eq!(anomaly.len(), 1);
+    assert_eq!(anomaly[0]["data"]["kind"], "amount_mismatch");
+    assert_eq!(anomaly[0]["data"]["gateway_amount"], tampered);
+    // Not asked about again at every tick: people decide.
+    let next = job.run_at(now + Duration::minutes(1)).await.unwrap();
+    assert_eq!(next.get("anomalies"), 0);
+    sim.stop().await;
+    db.finish(&[]).await;
+}
