@@ -38,6 +38,9 @@ pub trait BatchProcessor: Send + Sync {
     async fn process(&self, batch: &[Delivery]) -> Result<BatchResult, ProcessError>;
 }
 
+/// Who to wake after a batch committed (the outbox relay, the payments runner).
+pub type Wakers = Arc<Vec<Arc<Notify>>>;
+
 pub struct ConsumerSpec {
     pub queue: String,
     pub dlx: String,
@@ -58,12 +61,12 @@ pub enum ConsumerError {
 
 /// Consumes until `shutdown` (Ok) or until the broker side fails (Err, so the
 /// supervisor reconnects). `committed` is notified after every batch so the
-/// outbox relay publishes the new events at once.
+/// outbox relay publishes the new events and the runner starts new gateway tasks at once.
 pub async fn run(
     channel: Channel,
     spec: ConsumerSpec,
     processor: Arc<dyn BatchProcessor>,
-    committed: Arc<Notify>,
+    committed: Wakers,
     shutdown: CancellationToken,
 ) -> Result<(), ConsumerError> {
     channel
@@ -98,7 +101,7 @@ pub async fn run(
             break;
         };
         settle(&channel, &spec, &batch, result).await?;
-        committed.notify_one();
+        committed.iter().for_each(|w| w.notify_one());
     }
     // Stop deliveries; whatever was prefetched but not processed is requeued
     // by the broker when the channel closes.

@@ -59,12 +59,27 @@ pub async fn supervise(
     processors: Processors,
     state: Arc<BrokerState>,
     wake: Arc<Notify>,
+    also_wake: Vec<Arc<Notify>>,
     shutdown: CancellationToken,
 ) {
+    let mut wakers = vec![wake.clone()];
+    wakers.extend(also_wake);
+    let wakers: consumer::Wakers = Arc::new(wakers);
     let names = Names::new(&amqp.prefix);
     let mut pause = Duration::from_millis(200);
     while !shutdown.is_cancelled() {
-        match session(&amqp, &names, &pool, &processors, &state, &wake, &shutdown).await {
+        match session(
+            &amqp,
+            &names,
+            &pool,
+            &processors,
+            &state,
+            &wake,
+            &wakers,
+            &shutdown,
+        )
+        .await
+        {
             Ok(()) => break,
             Err(e) => {
                 state.set(None).await;
@@ -104,6 +119,7 @@ async fn session(
     processors: &Processors,
     state: &BrokerState,
     wake: &Arc<Notify>,
+    wakers: &consumer::Wakers,
     shutdown: &CancellationToken,
 ) -> Result<(), SessionError> {
     let props = ConnectionProperties::default().with_connection_name("payrecon".into());
@@ -121,14 +137,14 @@ async fn session(
         confirm_channel(&conn).await?,
         spec(&names.requests),
         processors.requests.clone(),
-        wake.clone(),
+        wakers.clone(),
         shutdown.clone(),
     );
     let notifications = consumer::run(
         confirm_channel(&conn).await?,
         spec(&names.notifications),
         processors.notifications.clone(),
-        wake.clone(),
+        wakers.clone(),
         shutdown.clone(),
     );
     let relay_done = CancellationToken::new();
