@@ -6,6 +6,10 @@
 
 #[path = "gateway/factory.rs"]
 mod factory;
+#[path = "gateway/sim_harness.rs"]
+mod sim_harness;
+#[path = "gateway/simulator.rs"]
+mod simulator;
 #[path = "gateway/stub.rs"]
 mod stub;
 #[path = "gateway/stub_alipay.rs"]

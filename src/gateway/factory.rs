@@ -32,7 +32,7 @@ fn public_key(path: &Path, key: &str) -> Result<RsaPublicKey, GatewayError> {
     RsaPublicKey::from_pem_file(path).map_err(|e| key_error(key, e))
 }
 
-fn simulator_base<'a>(base: Option<&'a str>, channel: Channel) -> Result<&'a str, GatewayError> {
+fn simulator_base(base: Option<&str>, channel: Channel) -> Result<&str, GatewayError> {
     base.map(|b| b.trim_end_matches('/')).ok_or_else(|| {
         GatewayError::Protocol(format!(
             "gateways.{channel}.mode is simulator but no simulator address was given"

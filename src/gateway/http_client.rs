@@ -89,7 +89,7 @@ where
 {
     let span = tracing::info_span!(
         "gateway_call",
-        gateway = channel.as_str(),
+        channel = channel.as_str(),
         operation,
         out_trade_no
     );

@@ -74,6 +74,9 @@ fn gateway(stub: &Stub) -> payrecon::gateway::alipay::Alipay {
     )
 }
 
+/// What an error must look like.
+type Expect = fn(&GatewayError) -> bool;
+
 #[tokio::test]
 async fn precreate_sends_a_signed_form_in_yuan() {
     let stub = alipay_stub(|method, _, _, _| {
@@ -112,7 +115,7 @@ async fn precreate_sends_a_signed_form_in_yuan() {
 
 #[tokio::test]
 async fn untrusted_and_failed_answers_are_classified() {
-    let cases: Vec<(&str, fn(&GatewayError) -> bool)> = vec![
+    let cases: Vec<(&str, Expect)> = vec![
         ("unsigned", |e| matches!(e, GatewayError::Unknown(_))),
         ("forged", |e| matches!(e, GatewayError::Unknown(_))),
         ("20000", |e| matches!(e, GatewayError::Unknown(_))),

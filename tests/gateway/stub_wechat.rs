@@ -93,6 +93,9 @@ fn prepay_request() -> PrepayRequest {
     }
 }
 
+/// What an error must look like.
+type Expect = fn(&GatewayError) -> bool;
+
 #[tokio::test]
 async fn prepay_is_signed_and_its_answer_verified() {
     let stub =
@@ -149,7 +152,7 @@ async fn an_unverifiable_success_is_unknown() {
 
 #[tokio::test]
 async fn failures_are_classified_at_the_failure_site() {
-    let cases: Vec<(Answer, fn(&GatewayError) -> bool)> = vec![
+    let cases: Vec<(Answer, Expect)> = vec![
         (error(500, "SYSTEM_ERROR"), |e| {
             matches!(e, GatewayError::Unknown(_))
         }),

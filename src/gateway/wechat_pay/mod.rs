@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
-use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::{Method, StatusCode};
 
 use super::crypto::{RsaPrivateKey, RsaPublicKey};
@@ -62,8 +62,18 @@ fn truncate_chars(text: &str, max: usize) -> &str {
     }
 }
 
+/// Everything but RFC 3986 unreserved characters and `*` (which WeChat's
+/// `out_trade_no` alphabet allows) is escaped in a path segment. What we sign
+/// is the URL as sent, so any escaping is consistent; escaping less keeps the
+/// URL identical to the one WeChat's own SDKs build.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'*');
+
 fn path_segment(value: &str) -> String {
-    utf8_percent_encode(value, NON_ALPHANUMERIC).to_string()
+    utf8_percent_encode(value, SEGMENT).to_string()
 }
 
 fn bad_answer(e: ModelError) -> GatewayError {
@@ -229,7 +239,7 @@ impl WechatPay {
             Err(GatewayError::Business { code, message }) if code == "STATEMENT_CREATING" => {
                 return Err(GatewayError::Transient(format!("{code}: {message}")))
             }
-            Err(e) => Err(e)?,
+            Err(e) => return Err(e),
         };
         let url = url::Url::parse(&bill.download_url).map_err(|e| {
             GatewayError::Protocol(format!("download_url {:?}: {e}", bill.download_url))
@@ -346,5 +356,7 @@ mod tests {
         assert_eq!(truncate_chars("订单订单", 2), "订单");
         assert_eq!(truncate_chars("ab", 5), "ab");
         assert_eq!(path_segment("a/b c"), "a%2Fb%20c");
+        assert_eq!(path_segment("T-1_x*"), "T-1_x*");
+        assert_eq!(path_segment(".."), "%2E%2E");
     }
 }

@@ -30,6 +30,8 @@ pub(super) struct CreateRefund<'a> {
     pub out_refund_no: &'a str,
     #[serde(skip_serializing_if = "str::is_empty")]
     pub reason: &'a str,
+    /// Optional at WeChat; an empty one would be refused as PARAM_ERROR.
+    #[serde(skip_serializing_if = "str::is_empty")]
     pub notify_url: &'a str,
     pub amount: RefundAmountRequest,
 }
