@@ -9,3 +9,6 @@ mod scheduler;
 
 #[path = "jobs/timeout.rs"]
 mod timeout;
+
+#[path = "jobs/gateway.rs"]
+mod gateway;

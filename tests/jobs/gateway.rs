@@ -46,12 +46,21 @@ impl Sim {
         // so only the timeout job can learn of a payment.
         settings.gateways.wechat_pay.notify_url = "http://127.0.0.1:9/notify/wechat_pay".into();
         settings.gateways.alipay.notify_url = "http://127.0.0.1:9/notify/alipay".into();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let shutdown = CancellationToken::new();
-        let sim = Simulator::start(SimOptions::new(settings.simulator.clone()), listener, shutdown.clone())
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
-            .expect("simulator starts");
-        let http = reqwest::Client::builder().no_proxy().build().expect("client");
+            .expect("bind");
+        let shutdown = CancellationToken::new();
+        let sim = Simulator::start(
+            SimOptions::new(settings.simulator.clone()),
+            listener,
+            shutdown.clone(),
+        )
+        .await
+        .expect("simulator starts");
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("client");
         Sim {
             sim,
             shutdown,
@@ -72,16 +81,26 @@ impl Sim {
             .send()
             .await
             .expect("control call");
-        assert!(response.status().is_success(), "{path}: {}", response.status());
+        assert!(
+            response.status().is_success(),
+            "{path}: {}",
+            response.status()
+        );
         response.json().await.unwrap_or(serde_json::Value::Null)
     }
 
     /// A buyer pays; answers the gateway's transaction id.
     async fn pay(&self, o: &Order) -> String {
         let paid = self
-            .control("/sim/pay", json!({"channel": o.payment_method.as_str(), "out_trade_no": o.out_trade_no()}))
+            .control(
+                "/sim/pay",
+                json!({"channel": o.payment_method.as_str(), "out_trade_no": o.out_trade_no()}),
+            )
             .await;
-        paid["transaction_id"].as_str().expect("transaction_id").to_string()
+        paid["transaction_id"]
+            .as_str()
+            .expect("transaction_id")
+            .to_string()
     }
 
     async fn stop(self) {
@@ -92,7 +111,12 @@ impl Sim {
 
 /// An expired order whose payment was prepared at the gateway.
 async fn prepared(db: &TestDb, gateways: &Gateways, channel: Channel, now: DateTime<Utc>) -> Order {
-    let o = order(channel, now - Duration::minutes(31), Duration::minutes(30), PaymentState::Prepared);
+    let o = order(
+        channel,
+        now - Duration::minutes(31),
+        Duration::minutes(30),
+        PaymentState::Prepared,
+    );
     let request = PrepayRequest {
         out_trade_no: o.out_trade_no(),
         amount: o.total_amount,
@@ -120,7 +144,14 @@ async fn an_order_paid_at_the_gateway_becomes_paid_not_cancelled() {
 
     let job = TimeoutCancel::new(db.pool.clone(), gateways, 10);
     let counts = job.run_at(now).await.unwrap();
-    assert_eq!((counts.get("paid"), counts.get("cancelled"), counts.get("deferred")), (2, 0, 0));
+    assert_eq!(
+        (
+            counts.get("paid"),
+            counts.get("cancelled"),
+            counts.get("deferred")
+        ),
+        (2, 0, 0)
+    );
     let all = events(&db.pool).await;
     for (o, tx) in paid {
         let stored = load(&db.pool, o.order_id).await;
@@ -148,7 +179,14 @@ async fn an_unpaid_order_is_closed_at_the_gateway_then_cancelled() {
 
     let job = TimeoutCancel::new(db.pool.clone(), gateways.clone(), 10);
     let counts = job.run_at(now).await.unwrap();
-    assert_eq!((counts.get("paid"), counts.get("cancelled"), counts.get("deferred")), (0, 2, 0));
+    assert_eq!(
+        (
+            counts.get("paid"),
+            counts.get("cancelled"),
+            counts.get("deferred")
+        ),
+        (0, 2, 0)
+    );
     let all = events(&db.pool).await;
     for o in unpaid {
         let stored = load(&db.pool, o.order_id).await;
@@ -158,7 +196,10 @@ async fn an_unpaid_order_is_closed_at_the_gateway_then_cancelled() {
         assert_eq!(e.len(), 1);
         assert_eq!(e[0]["data"]["reason"], "timeout");
         // The buyer can no longer pay it.
-        let at_gateway = gateways[&o.payment_method].query(&o.out_trade_no()).await.unwrap();
+        let at_gateway = gateways[&o.payment_method]
+            .query(&o.out_trade_no())
+            .await
+            .unwrap();
         assert!(
             matches!(at_gateway.state, TradeState::Closed | TradeState::NotFound),
             "{:?} still payable: {at_gateway:?}",
@@ -180,7 +221,10 @@ async fn a_gateway_that_fails_leaves_the_order_for_the_next_tick() {
     let job = TimeoutCancel::new(db.pool.clone(), gateways, 10);
     let counts = job.run_at(now).await.unwrap();
     assert_eq!((counts.get("deferred"), counts.get("cancelled")), (1, 0));
-    assert_eq!(load(&db.pool, o.order_id).await.status, OrderStatus::PendingPayment);
+    assert_eq!(
+        load(&db.pool, o.order_id).await.status,
+        OrderStatus::PendingPayment
+    );
     assert!(events(&db.pool).await.is_empty());
 
     // The gateway recovers; the buyer had paid meanwhile.
@@ -189,7 +233,10 @@ async fn a_gateway_that_fails_leaves_the_order_for_the_next_tick() {
     let counts = job.run_at(now + Duration::minutes(1)).await.unwrap();
     assert_eq!((counts.get("paid"), counts.get("deferred")), (1, 0));
     let stored = load(&db.pool, o.order_id).await;
-    assert_eq!((stored.status, stored.gateway_transaction_id), (OrderStatus::Paid, Some(tx)));
+    assert_eq!(
+        (stored.status, stored.gateway_transaction_id),
+        (OrderStatus::Paid, Some(tx))
+    );
     sim.stop().await;
     db.finish(&[]).await;
 }
@@ -205,7 +252,10 @@ async fn a_gateway_that_is_gone_leaves_the_order_unpaid() {
     let job = TimeoutCancel::new(db.pool.clone(), gateways, 10);
     let counts = job.run_at(now).await.unwrap();
     assert_eq!((counts.get("deferred"), counts.get("cancelled")), (1, 0));
-    assert_eq!(load(&db.pool, o.order_id).await.status, OrderStatus::PendingPayment);
+    assert_eq!(
+        load(&db.pool, o.order_id).await.status,
+        OrderStatus::PendingPayment
+    );
     assert!(events(&db.pool).await.is_empty());
     db.finish(&[]).await;
 }
@@ -221,7 +271,12 @@ async fn two_instances_racing_on_a_mixed_backlog_handle_each_order_once() {
         let channel = Channel::ALL[i % 2];
         match i % 3 {
             0 => {
-                let o = order(channel, now - Duration::minutes(40), Duration::minutes(30), PaymentState::NotStarted);
+                let o = order(
+                    channel,
+                    now - Duration::minutes(40),
+                    Duration::minutes(30),
+                    PaymentState::NotStarted,
+                );
                 insert(&db.pool, &o).await;
                 expect_cancelled.push(o.order_id);
             }
@@ -239,7 +294,11 @@ async fn two_instances_racing_on_a_mixed_backlog_handle_each_order_once() {
     let b = TimeoutCancel::new(other_pool.clone(), sim.gateways(), 4);
     let (ca, cb) = tokio::join!(a.run_at(now), b.run_at(now));
     let (ca, cb) = (ca.unwrap(), cb.unwrap());
-    assert_eq!(ca.get("cancelled") + cb.get("cancelled"), 24, "a: {ca:?} b: {cb:?}");
+    assert_eq!(
+        ca.get("cancelled") + cb.get("cancelled"),
+        24,
+        "a: {ca:?} b: {cb:?}"
+    );
     assert_eq!(ca.get("paid") + cb.get("paid"), 12, "a: {ca:?} b: {cb:?}");
     assert_eq!(ca.get("deferred") + cb.get("deferred"), 0);
 
@@ -272,8 +331,18 @@ async fn a_payment_of_another_amount_is_an_anomaly_not_a_cancel() {
 
     let job = TimeoutCancel::new(db.pool.clone(), gateways, 10);
     let counts = job.run_at(now).await.unwrap();
-    assert_eq!((counts.get("anomalies"), counts.get("paid"), counts.get("cancelled")), (1, 0, 0));
-    assert_eq!(load(&db.pool, o.order_id).await.status, OrderStatus::PendingPayment);
+    assert_eq!(
+        (
+            counts.get("anomalies"),
+            counts.get("paid"),
+            counts.get("cancelled")
+        ),
+        (1, 0, 0)
+    );
+    assert_eq!(
+        load(&db.pool, o.order_id).await.status,
+        OrderStatus::PendingPayment
+    );
     let all = events(&db.pool).await;
     let anomaly = events_of(&all, "payment.anomaly", o.order_id);
     assert_eq!(anomaly.len(), 1);
