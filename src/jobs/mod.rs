@@ -6,16 +6,42 @@ pub mod scheduler;
 mod slots;
 pub mod timeout_cancel;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use sqlx::PgPool;
 
-use crate::gateway::GatewayError;
+use crate::config::Settings;
+use crate::domain::Channel;
+use crate::gateway::{Gateway, GatewayError};
 use crate::store::StoreError;
 
 pub use scheduler::{Scheduler, SchedulerError, SlotOutcome};
 pub use timeout_cancel::TimeoutCancel;
+
+/// Registers the timeout-cancellation job on `jobs.timeout_cancel.schedule`.
+/// The schedule is read in the business offset (`jobs.reconcile.timezone`):
+/// the contract gives this job no timezone of its own, and for its default
+/// every-minute schedule the offset makes no difference.
+pub fn add_timeout_cancel(
+    scheduler: &mut Scheduler,
+    settings: &Settings,
+    pool: PgPool,
+    gateways: HashMap<Channel, Arc<dyn Gateway>>,
+) -> Result<(), SchedulerError> {
+    let offset = settings
+        .business_offset()
+        .unwrap_or_else(|| chrono::Offset::fix(&Utc));
+    let job = TimeoutCancel::new(pool, gateways, timeout_cancel::DEFAULT_BATCH);
+    scheduler.add(
+        timeout_cancel::JOB_NAME,
+        &settings.jobs.timeout_cancel.schedule,
+        offset,
+        Arc::new(job),
+    )
+}
 
 /// One unit of scheduled work.
 #[async_trait]
@@ -120,5 +146,25 @@ mod tests {
         total.merge(&c);
         assert_eq!(total.get("deferred"), 6);
         assert_eq!(total.get("missing"), 0);
+    }
+
+    #[tokio::test]
+    async fn the_timeout_job_follows_its_configured_schedule() {
+        let pool = PgPool::connect_lazy("postgres://postgres@127.0.0.1:5432/unused").unwrap();
+        let mut settings = Settings::default();
+        settings.jobs.timeout_cancel.schedule = "*/15 * * * * *".into();
+        let mut scheduler = Scheduler::new();
+        add_timeout_cancel(&mut scheduler, &settings, pool.clone(), HashMap::new()).unwrap();
+        let t = DateTime::parse_from_rfc3339("2026-11-25T12:00:07Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let next = scheduler
+            .next_slot(timeout_cancel::JOB_NAME, t)
+            .unwrap()
+            .unwrap();
+        assert_eq!(next.to_rfc3339(), "2026-11-25T12:00:15+00:00");
+
+        settings.jobs.timeout_cancel.schedule = "sometimes".into();
+        assert!(add_timeout_cancel(&mut scheduler, &settings, pool, HashMap::new()).is_err());
     }
 }

@@ -29,6 +29,10 @@ use crate::store::{orders, outbox, StoreError};
 
 pub const JOB_NAME: &str = "timeout_cancel";
 pub const CANCEL_REASON: &str = "timeout";
+/// Orders locked per batch transaction: big enough that a backlog of
+/// thousands takes few round trips, small enough that the locks (and a
+/// crashed instance's leases) cover little at a time.
+pub const DEFAULT_BATCH: u32 = 100;
 
 pub struct TimeoutCancel {
     pool: PgPool,
