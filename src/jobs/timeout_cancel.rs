@@ -105,6 +105,8 @@ impl TimeoutCancel {
                 // Locked by the batch query: nobody can have moved it.
                 if cancel_pending(&mut tx, o, now).await? {
                     counts.incr("cancelled");
+                    metrics::counter!("payrecon_timeout_orders_total", "outcome" => "cancelled")
+                        .increment(1);
                 }
             }
             let ids: Vec<_> = started.iter().map(|o| o.order_id).collect();
