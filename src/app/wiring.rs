@@ -57,13 +57,18 @@ pub fn recon_runner(
     None
 }
 
+/// The cron-scheduled jobs; each slot runs once across all instances.
 pub fn spawn_jobs(
-    _settings: &Settings,
-    _pool: &PgPool,
-    _gateways: &Gateways,
-    _tasks: &mut JoinSet<()>,
-    _shutdown: &CancellationToken,
+    settings: &Settings,
+    pool: &PgPool,
+    gateways: &Gateways,
+    tasks: &mut JoinSet<()>,
+    shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
+    let mut scheduler = crate::jobs::Scheduler::new();
+    crate::jobs::add_timeout_cancel(&mut scheduler, settings, pool.clone(), gateways.clone())
+        .context("jobs.timeout_cancel")?;
+    tasks.spawn(scheduler.run(pool.clone(), shutdown.clone()));
     Ok(())
 }
 
