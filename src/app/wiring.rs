@@ -14,8 +14,8 @@ use super::Gateways;
 use crate::cli::ReconCommand;
 use crate::config::{GatewayMode, Settings};
 use crate::gateway::factory::build_gateways;
-use crate::simulator::{SimOptions, Simulator};
 use crate::payments::ReconRunner;
+use crate::simulator::{SimOptions, Simulator};
 
 /// Starts the in-process simulator when a gateway is in simulator mode and
 /// builds the enabled gateways.
@@ -43,10 +43,18 @@ pub async fn start_gateways(
     Ok((gateways, base_url))
 }
 
-async fn start_simulator(settings: &Settings, listen: &str, shutdown: CancellationToken) -> anyhow::Result<Simulator> {
-    let listener = TcpListener::bind(listen).await.with_context(|| format!("simulator.listen {listen}"))?;
+async fn start_simulator(
+    settings: &Settings,
+    listen: &str,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Simulator> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("simulator.listen {listen}"))?;
     let opts = SimOptions::new(settings.simulator.clone());
-    Ok(Simulator::start(opts, listener, shutdown).await.context("simulator")?)
+    Ok(Simulator::start(opts, listener, shutdown)
+        .await
+        .context("simulator")?)
 }
 
 pub fn recon_runner(
