@@ -130,7 +130,9 @@ async fn session(
         queue: queue.to_string(),
         dlx: names.dlx.clone(),
         prefetch: amqp.prefetch,
-        max_batch: usize::from(amqp.prefetch).min(MAX_BATCH),
+        // Half the prefetch: the broker keeps delivering the next batch while
+        // this one commits, so the consumer never idles on a round trip.
+        max_batch: (usize::from(amqp.prefetch) / 2).clamp(1, MAX_BATCH),
         wait: BATCH_WAIT,
     };
     let requests = consumer::run(
