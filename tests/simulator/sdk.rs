@@ -11,7 +11,10 @@ use crate::helpers::*;
 async fn official_sdks_drive_both_protocols() {
     let Ok(python) = std::env::var("PAYRECON_SDK_PYTHON") else {
         // CI must run the oracle, never skip it silently.
-        assert!(std::env::var("CI").is_err(), "CI=true but PAYRECON_SDK_PYTHON is not set");
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI=true but PAYRECON_SDK_PYTHON is not set"
+        );
         eprintln!("skipped: PAYRECON_SDK_PYTHON is not set (see tests/sdk/requirements.txt)");
         return;
     };
