@@ -5,6 +5,7 @@
 //! Errors are classified once, here, at the failure site: `is_retryable` and
 //! `is_unknown_outcome` decide what the worker does next.
 
+pub mod bill;
 pub mod crypto;
 
 use std::collections::HashMap;
