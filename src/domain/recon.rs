@@ -9,10 +9,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::NaiveDateTime;
-use serde::Serialize;
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
-use super::{Money, OrderId, OrderStatus};
+use super::{Channel, Money, OrderId, OrderStatus};
 
 pub use matcher::{LocalOrder, LocalRefund, MatchOutcome, Matcher};
 
@@ -185,7 +186,7 @@ impl BillTotals {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     pub order_count: i64,
     pub total_amount: i64,
@@ -202,6 +203,82 @@ pub struct Summary {
     pub matched_amount: i64,
     pub discrepancy_count: i64,
     pub discrepancies_by_category: BTreeMap<String, i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Running,
+    Completed,
+    Failed,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Completed => "completed",
+            RunStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "running" => Some(RunStatus::Running),
+            "completed" => Some(RunStatus::Completed),
+            "failed" => Some(RunStatus::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// Where the bill came from (the report's `bill_source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BillSourceKind {
+    Gateway,
+    File,
+}
+
+impl BillSourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BillSourceKind::Gateway => "gateway",
+            BillSourceKind::File => "file",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "gateway" => Some(BillSourceKind::Gateway),
+            "file" => Some(BillSourceKind::File),
+            _ => None,
+        }
+    }
+}
+
+/// One reconciliation run, as recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReconRun {
+    pub run_id: Uuid,
+    pub channel: Channel,
+    pub date: NaiveDate,
+    pub status: RunStatus,
+    pub trigger: String,
+    pub bill_source: BillSourceKind,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Present once the run completed.
+    pub summary: Option<Summary>,
+    /// Why the run failed.
+    pub error: Option<String>,
+}
+
+/// A run with its findings: what every report format renders.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    pub run: ReconRun,
+    pub discrepancies: Vec<Discrepancy>,
 }
 
 /// `a / b` rounded half up, for non-negative `a` and positive `b`; 0 when `b` is 0.

@@ -1,1 +1,4 @@
 //! Scheduled jobs.
+
+pub mod reconcile;
+pub mod report;

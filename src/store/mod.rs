@@ -6,6 +6,7 @@ pub mod inbox;
 pub mod orders;
 pub mod outbox;
 pub mod payments;
+pub mod recon;
 pub mod refunds;
 pub mod tasks;
 

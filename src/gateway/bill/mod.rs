@@ -72,3 +72,23 @@ pub fn open_bill(
         Channel::Alipay => Box::new(alipay::AlipayBill::new(content)),
     })
 }
+
+/// A bill without rows in the channel's own (uncompressed) format: what a
+/// day without trades reconciles against when the gateway has no bill file.
+pub fn empty_bill(channel: Channel) -> Vec<u8> {
+    match channel {
+        Channel::WechatPay => format!(
+            "{}\n{}\n`0,`0.00,`0.00,`0.00,`0.00000,`0.00,`0.00\n",
+            wechat::DETAIL_HEADER.join(","),
+            wechat::SUMMARY_HEADER.join(",")
+        )
+        .into_bytes(),
+        Channel::Alipay => {
+            let text = format!(
+                "#支付宝业务明细查询\n#-----------------------------------------业务明细列表----------------------------------------\n{}\n#-----------------------------------------业务明细列表结束------------------------------------\n#交易合计：0笔，商家实收共0.00元，商家优惠共0.00元\n#退款合计：0笔，商家实收退款共0.00元，商家优惠退款共0.00元\n",
+                alipay::DETAIL_HEADER.join(",")
+            );
+            encoding_rs::GBK.encode(&text).0.into_owned()
+        }
+    }
+}
