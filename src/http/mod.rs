@@ -1,1 +1,3 @@
 //! The HTTP server.
+
+pub mod recon;

@@ -55,7 +55,7 @@ pub fn render_json(report: &Report) -> String {
 
 pub fn render_runs_json(runs: &[ReconRun]) -> String {
     let list: Vec<Value> = runs.iter().map(run_json).collect();
-    let mut text = serde_json::to_string_pretty(&json!({ "runs": list })).unwrap_or_default();
+    let mut text = serde_json::to_string_pretty(&Value::Array(list)).unwrap_or_default();
     text.push('\n');
     text
 }
