@@ -59,8 +59,11 @@ pub(crate) fn split_csv(line: &str) -> Vec<String> {
                 chars.next();
             }
             ('"', true) => in_quotes = false,
-            ('"', false) if field.trim().is_empty() => {
-                field.clear();
+            // WeChat puts its backtick before the quote: `"a, b"
+            ('"', false) if field.trim().is_empty() || field == "`" => {
+                if field != "`" {
+                    field.clear();
+                }
                 in_quotes = true;
             }
             (',', false) => fields.push(std::mem::take(&mut field)),
@@ -81,6 +84,10 @@ mod tests {
         assert_eq!(
             split_csv("`1,\"x, y\",\"say \"\"hi\"\"\""),
             vec!["`1", "x, y", "say \"hi\""]
+        );
+        assert_eq!(
+            split_csv("`a,`\"Tea, green\",`b"),
+            vec!["`a", "`Tea, green", "`b"]
         );
     }
 }
