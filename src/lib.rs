@@ -28,6 +28,7 @@ pub mod gateway;
 pub mod http;
 pub mod jobs;
 pub mod messaging;
+pub mod payments;
 pub mod simulator;
 pub mod store;
 pub mod telemetry;

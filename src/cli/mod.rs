@@ -95,3 +95,18 @@ pub mod exit {
     pub const FAILED: i32 = 1;
     pub const NOT_FOUND: i32 = 3;
 }
+
+/// `order show` without `--json`: one field a line, for people.
+pub fn print_order_table(order: &serde_json::Value) {
+    let Some(fields) = order.as_object() else {
+        return;
+    };
+    for (key, value) in fields {
+        let text = match value {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Null => "-".to_string(),
+            other => other.to_string(),
+        };
+        println!("{key:<24} {text}");
+    }
+}

@@ -178,13 +178,13 @@ async fn dispatch(
         } => {
             let carrier = carrier.clone();
             let tracking_no = tracking_no.clone();
-            transition(conn, *order_id, rid, "order.shipped", |o| {
+            transition(conn, *order_id, rid, "order.shipped", Value::Null, |o| {
                 o.ship(carrier, tracking_no, now)
             })
             .await
         }
         Request::ConfirmReceipt { order_id } => {
-            transition(conn, *order_id, rid, "order.completed", |o| {
+            transition(conn, *order_id, rid, "order.completed", Value::Null, |o| {
                 o.confirm_receipt(now)
             })
             .await
@@ -222,6 +222,7 @@ async fn transition(
     id: OrderId,
     rid: Option<&str>,
     event: &str,
+    extra: Value,
     step: impl FnOnce(&mut Order) -> Result<(), crate::domain::InvalidTransition>,
 ) -> Handled {
     let mut order = match load(conn, id).await? {
@@ -233,7 +234,7 @@ async fn transition(
         return Ok(Err(reject("invalid_state", e.to_string())));
     }
     orders::update(conn, &order, expected).await?;
-    outbox::enqueue(conn, &Event::for_order(event, &order, rid, Value::Null)).await?;
+    outbox::enqueue(conn, &Event::for_order(event, &order, rid, extra)).await?;
     Ok(Ok(()))
 }
 
@@ -267,9 +268,15 @@ async fn cancel(
         return Ok(Ok(()));
     }
     let reason = reason.to_string();
-    transition(conn, id, rid, "order.cancelled", |o| o.cancel(&reason, now))
-        .await
-        .map(|r| r.map(|()| ()))
+    transition(
+        conn,
+        id,
+        rid,
+        "order.cancelled",
+        json!({ "reason": reason }),
+        |o| o.cancel(&reason, now),
+    )
+    .await
 }
 
 async fn refund(

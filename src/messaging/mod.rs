@@ -1,7 +1,13 @@
 //! RabbitMQ: the topology, the batched consumers, request parsing and
 //! handling, and the outbox relay.
 
+pub mod consumer;
 pub mod contracts;
 pub mod handler;
+pub mod notification_processor;
+pub mod publisher;
+pub mod relay;
+pub mod request_processor;
 pub mod requests;
+pub mod supervisor;
 pub mod topology;

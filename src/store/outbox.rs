@@ -46,6 +46,7 @@ pub async fn enqueue_many(conn: &mut PgConnection, events: &[Event]) -> Result<(
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct PendingEvent {
     pub id: i64,
+    pub event_id: uuid::Uuid,
     pub routing_key: String,
     pub payload: String,
 }
@@ -57,7 +58,7 @@ pub async fn lock_pending(
     limit: i64,
 ) -> Result<Vec<PendingEvent>, StoreError> {
     Ok(sqlx::query_as(
-        "SELECT id, routing_key, payload FROM outbox WHERE published_at IS NULL \
+        "SELECT id, event_id, routing_key, payload FROM outbox WHERE published_at IS NULL \
          ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
     )
     .bind(limit)

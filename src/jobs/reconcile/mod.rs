@@ -287,3 +287,28 @@ pub async fn run_previous_day(
     }
     results
 }
+
+/// `recon.run` requests (CONTRACT §3.7) arrive as durable tasks; they run
+/// like `payrecon recon run`. An explicit request that finds the channel
+/// busy is reported as not run (unlike the schedule, which just skips).
+#[async_trait::async_trait]
+impl crate::payments::ReconRunner for ReconContext {
+    async fn run(
+        &self,
+        channel: Channel,
+        date: NaiveDate,
+        request_id: Option<&str>,
+    ) -> Result<(), String> {
+        let trigger = match request_id {
+            Some(id) => format!("request:{id}"),
+            None => "request".to_string(),
+        };
+        match run_reconciliation(self, channel, date, BillSource::Gateway, &trigger).await {
+            Ok(RunOutcome::Completed(_)) => Ok(()),
+            Ok(RunOutcome::Skipped(other)) => Err(format!(
+                "another reconciliation of {channel} is running (run {other})"
+            )),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! Wiring and supervision: builds every part from the settings, runs them
+//! under one cancellation token, and shuts down in order on SIGINT/SIGTERM:
+//! consumers stop taking deliveries and settle their batch, the relay drains
+//! the outbox, jobs stop between slots, then the process exits 0.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::Utc;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{exit, Cli, Command, OrderCommand};
+use crate::config::{GatewayMode, Settings};
+use crate::domain::{Channel, OrderId};
+use crate::gateway::Gateway;
+use crate::messaging::handler::HandlerConfig;
+use crate::messaging::notification_processor::NotificationProcessor;
+use crate::messaging::request_processor::RequestProcessor;
+use crate::messaging::supervisor::{self, BrokerState, Processors};
+use crate::messaging::topology::Names;
+use crate::payments::{Payments, RetryPolicy};
+use crate::{http, store};
+
+mod wiring;
+
+/// Runs a command and returns the process exit code.
+pub fn main(cli: Cli) -> i32 {
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("payrecon: {e}");
+            return exit::FAILED;
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("payrecon: cannot start the runtime: {e}");
+            return exit::FAILED;
+        }
+    };
+    runtime.block_on(dispatch(cli.command, settings))
+}
+
+async fn dispatch(command: Command, settings: Settings) -> i32 {
+    let result = match command {
+        Command::Run => run_until_signal(settings).await.map(|()| exit::OK),
+        Command::Migrate => store::connect(&settings.database)
+            .await
+            .map(|_| exit::OK)
+            .map_err(Into::into),
+        Command::Order {
+            command: OrderCommand::Show { order_id, json },
+        } => show_order(&settings, &order_id, json).await,
+        Command::Recon { command } => wiring::recon_command(command, &settings).await,
+        Command::GatewaySim { listen } => wiring::gateway_sim(&settings, listen).await,
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("payrecon: {e:#}");
+            exit::FAILED
+        }
+    }
+}
+
+async fn show_order(settings: &Settings, id: &str, json: bool) -> anyhow::Result<i32> {
+    let Ok(id) = id.parse::<OrderId>() else {
+        eprintln!("payrecon: {id:?} is not an order id");
+        return Ok(exit::NOT_FOUND);
+    };
+    let pool = store::connect(&settings.database).await?;
+    let mut conn = pool.acquire().await?;
+    let Some(order) = store::orders::get(&mut conn, id).await? else {
+        eprintln!("payrecon: no order {id}");
+        return Ok(exit::NOT_FOUND);
+    };
+    let value = crate::messaging::contracts::order_json(&order);
+    if json {
+        println!("{value}");
+    } else {
+        crate::cli::print_order_table(&value);
+    }
+    Ok(exit::OK)
+}
+
+/// The process-wide Prometheus recorder (installed once; tests start
+/// several daemons in one process).
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let buckets = [
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ];
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+                .map(PrometheusBuilder::build_recorder)
+                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+            let handle = recorder.handle();
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+async fn run_until_signal(settings: Settings) -> anyhow::Result<()> {
+    let daemon = Daemon::start(settings).await?;
+    wait_for_signal().await;
+    tracing::info!("signal received; shutting down");
+    daemon.stop().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// A running daemon: what `payrecon run` is, and what tests start in-process.
+pub struct Daemon {
+    pub http_addr: SocketAddr,
+    pub simulator_base_url: Option<String>,
+    pub pool: PgPool,
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl Daemon {
+    pub async fn start(settings: Settings) -> anyhow::Result<Daemon> {
+        if settings.http.api_token.expose().is_empty()
+            && !http::is_loopback_listen(&settings.http.listen)
+        {
+            anyhow::bail!(
+                "http.api_token is empty but http.listen ({}) is not a loopback address; set a token",
+                settings.http.listen
+            );
+        }
+        let shutdown = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let pool = connect_with_retry(&settings, &shutdown).await?;
+        let listener = TcpListener::bind(&settings.http.listen)
+            .await
+            .with_context(|| format!("http.listen {}", settings.http.listen))?;
+        let http_addr = listener.local_addr()?;
+        let (gateways, simulator_base_url) =
+            wiring::start_gateways(&settings, &mut tasks, &shutdown).await?;
+        let notify_urls = notify_urls(&settings, http_addr);
+        let names = Names::new(&settings.amqp.prefix);
+        let broker = Arc::new(BrokerState::default());
+        let wake_relay = Arc::new(Notify::new());
+        let payments = Arc::new(Payments {
+            pool: pool.clone(),
+            gateways: gateways.clone(),
+            notify_urls,
+            retry: RetryPolicy::from(&settings.retry),
+            recon: wiring::recon_runner(&settings, &pool, &gateways),
+        });
+        let pay_timeout = chrono::Duration::from_std(settings.orders.pay_timeout.0)
+            .context("orders.pay_timeout")?;
+        let processors = Processors {
+            requests: Arc::new(RequestProcessor {
+                pool: pool.clone(),
+                config: HandlerConfig { pay_timeout },
+            }),
+            notifications: Arc::new(NotificationProcessor {
+                pool: pool.clone(),
+                gateways: gateways.clone(),
+            }),
+        };
+        let wake_payments = Arc::new(Notify::new());
+        tasks.spawn(supervisor::supervise(
+            settings.amqp.clone(),
+            pool.clone(),
+            processors,
+            broker.clone(),
+            wake_relay.clone(),
+            vec![wake_payments.clone()],
+            shutdown.clone(),
+        ));
+        tasks.spawn(payments.clone().run(wake_payments, shutdown.clone()));
+        tasks.spawn(prune_outbox(pool.clone(), shutdown.clone()));
+        wiring::spawn_jobs(&settings, &pool, &gateways, &mut tasks, &shutdown)?;
+        let state = http::HttpState {
+            pool: pool.clone(),
+            broker,
+            gateways,
+            notifications_queue: names.notifications.clone(),
+            api_token: settings.http.api_token.expose().to_string(),
+            metrics: metrics_handle(),
+        };
+        let app = http::router(state, wiring::recon_routes(&pool));
+        let http_shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let serve = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { http_shutdown.cancelled().await });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "http server failed");
+            }
+        });
+        tracing::info!(http = %http_addr, prefix = %settings.amqp.prefix, "payrecon running");
+        Ok(Daemon {
+            http_addr,
+            simulator_base_url,
+            pool,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Stops everything in order and waits (bounded) for it.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        let all = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(30), all)
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown grace period over; aborting the rest");
+            self.tasks.abort_all();
+        }
+        self.pool.close().await;
+    }
+}
+
+/// In simulator mode the in-process simulator must call back this very
+/// daemon, wherever it listens; in live mode the configured URL is public.
+fn notify_urls(settings: &Settings, http_addr: SocketAddr) -> HashMap<Channel, String> {
+    let mut urls = HashMap::new();
+    let w = &settings.gateways.wechat_pay;
+    let a = &settings.gateways.alipay;
+    let local = |c: Channel| format!("http://{http_addr}/notify/{}", c.as_str());
+    urls.insert(
+        Channel::WechatPay,
+        if w.mode == GatewayMode::Simulator {
+            local(Channel::WechatPay)
+        } else {
+            w.notify_url.clone()
+        },
+    );
+    urls.insert(
+        Channel::Alipay,
+        if a.mode == GatewayMode::Simulator {
+            local(Channel::Alipay)
+        } else {
+            a.notify_url.clone()
+        },
+    );
+    urls
+}
+
+async fn connect_with_retry(
+    settings: &Settings,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<PgPool> {
+    let mut pause = Duration::from_millis(500);
+    loop {
+        match store::connect(&settings.database).await {
+            Ok(pool) => return Ok(pool),
+            Err(e @ (store::StoreError::Url(_) | store::StoreError::Migrate(_))) => {
+                return Err(e.into())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "database unavailable; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => anyhow::bail!("stopped while waiting for the database"),
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+/// Published events are kept a day for inspection, then removed.
+async fn prune_outbox(pool: PgPool, shutdown: CancellationToken) {
+    loop {
+        if let Ok(mut conn) = pool.acquire().await {
+            let _ =
+                store::outbox::prune_published(&mut conn, Utc::now() - chrono::Duration::days(1))
+                    .await;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_secs(600)) => {}
+        }
+    }
+}
+
+/// The gateways of the enabled channels (set by the gateway adapters).
+pub type Gateways = HashMap<Channel, Arc<dyn Gateway>>;

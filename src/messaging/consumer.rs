@@ -1,0 +1,169 @@
+//! The batched consumer. It takes up to `max` deliveries (or what arrives
+//! within `wait` of the first), lets a processor commit all their effects in
+//! one transaction, dead-letters what can never be processed, and only then
+//! acknowledges the whole batch with one `multiple` ack. A crash anywhere
+//! before the ack redelivers the batch; the inbox makes the replay a no-op.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::{FieldTable, ShortString};
+use lapin::Channel;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::publisher::{self, Outgoing};
+
+/// What a processor says about a batch whose effects it committed.
+#[derive(Debug, Default)]
+pub struct BatchResult {
+    /// Deliveries (by index) to move to the dead-letter queue, with the reason.
+    pub dead_letters: Vec<(usize, String)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// The database is unreachable or the batch conflicted: nothing was
+    /// committed; the same batch is tried again after a pause.
+    #[error("transient: {0}")]
+    Transient(String),
+}
+
+#[async_trait]
+pub trait BatchProcessor: Send + Sync {
+    async fn process(&self, batch: &[Delivery]) -> Result<BatchResult, ProcessError>;
+}
+
+/// Who to wake after a batch committed (the outbox relay, the payments runner).
+pub type Wakers = Arc<Vec<Arc<Notify>>>;
+
+pub struct ConsumerSpec {
+    pub queue: String,
+    pub dlx: String,
+    pub prefetch: u16,
+    pub max_batch: usize,
+    pub wait: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("dead-lettering: {0}")]
+    DeadLetter(#[from] publisher::PublishError),
+    #[error("the consumer stream ended (channel or connection closed)")]
+    StreamEnded,
+}
+
+/// Consumes until `shutdown` (Ok) or until the broker side fails (Err, so the
+/// supervisor reconnects). `committed` is notified after every batch so the
+/// outbox relay publishes the new events and the runner starts new gateway tasks at once.
+pub async fn run(
+    channel: Channel,
+    spec: ConsumerSpec,
+    processor: Arc<dyn BatchProcessor>,
+    committed: Wakers,
+    shutdown: CancellationToken,
+) -> Result<(), ConsumerError> {
+    channel
+        .basic_qos(spec.prefetch, BasicQosOptions::default())
+        .await?;
+    let tag = format!("payrecon-{}-{}", spec.queue, uuid::Uuid::new_v4().simple());
+    let mut stream = channel
+        .basic_consume(
+            ShortString::from(spec.queue.as_str()),
+            ShortString::from(tag.as_str()),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            next = stream.next() => next,
+        };
+        let mut batch = vec![first.ok_or(ConsumerError::StreamEnded)??];
+        let deadline = tokio::time::Instant::now() + spec.wait;
+        while batch.len() < spec.max_batch {
+            match tokio::time::timeout_at(deadline, stream.next()).await {
+                Ok(Some(delivery)) => batch.push(delivery?),
+                Ok(None) => return Err(ConsumerError::StreamEnded),
+                Err(_) => break,
+            }
+        }
+        let Some(result) = process_with_retry(processor.as_ref(), &batch, &shutdown).await else {
+            // Shut down while the database was away: nothing committed, nothing
+            // acknowledged; the broker requeues the batch when the channel closes.
+            break;
+        };
+        settle(&channel, &spec, &batch, result).await?;
+        committed.iter().for_each(|w| w.notify_one());
+    }
+    // Stop deliveries; whatever was prefetched but not processed is requeued
+    // by the broker when the channel closes.
+    let _ = channel
+        .basic_cancel(
+            ShortString::from(tag.as_str()),
+            BasicCancelOptions::default(),
+        )
+        .await;
+    Ok(())
+}
+
+async fn process_with_retry(
+    processor: &dyn BatchProcessor,
+    batch: &[Delivery],
+    shutdown: &CancellationToken,
+) -> Option<BatchResult> {
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match processor.process(batch).await {
+            Ok(result) => return Some(result),
+            Err(ProcessError::Transient(why)) => {
+                tracing::warn!(error = %why, batch = batch.len(), "batch not committed, will retry");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
+
+async fn settle(
+    channel: &Channel,
+    spec: &ConsumerSpec,
+    batch: &[Delivery],
+    result: BatchResult,
+) -> Result<(), ConsumerError> {
+    let mut letters = Vec::with_capacity(result.dead_letters.len());
+    for (index, reason) in &result.dead_letters {
+        let Some(d) = batch.get(*index) else { continue };
+        tracing::warn!(queue = %spec.queue, reason = %reason, "dead-lettering message");
+        metrics::counter!("payrecon_dead_letters_total", "queue" => spec.queue.clone())
+            .increment(1);
+        letters.push(Outgoing {
+            exchange: &spec.dlx,
+            routing_key: &spec.queue,
+            body: &d.data,
+            properties: publisher::with_header(d.properties.clone(), "x-payrecon-error", reason),
+        });
+    }
+    if !letters.is_empty() {
+        let acked = publisher::publish_all(channel, letters).await?;
+        if acked.iter().any(|ok| !ok) {
+            return Err(publisher::PublishError::Nacked.into());
+        }
+    }
+    if let Some(last) = batch.last() {
+        channel
+            .basic_ack(last.delivery_tag, BasicAckOptions { multiple: true })
+            .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,166 @@
+//! `P.notifications`: raw gateway notifications (CONTRACT §3.8). Each is
+//! verified again here (signature, timestamp window, merchant/app id,
+//! decryption) before anything else; an unverifiable one is dead-lettered
+//! with the reason and changes nothing.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, TimeZone, Utc};
+use lapin::message::Delivery;
+use serde::Deserialize;
+use sqlx::{PgConnection, PgPool};
+use tracing::Instrument;
+
+use super::consumer::{BatchProcessor, BatchResult, ProcessError};
+use super::requests::parse_envelope;
+use crate::domain::Channel;
+use crate::gateway::{Gateway, Headers, Notification, RefundState};
+use crate::payments::{settle_by_out_refund_no, RefundOutcome};
+use crate::store::payments::{confirm_payment, GatewayPayment, PaidSource};
+use crate::store::{inbox, StoreError};
+
+pub const NOTIFICATION_TYPE: &str = "gateway.notification";
+
+pub struct NotificationProcessor {
+    pub pool: PgPool,
+    pub gateways: HashMap<Channel, Arc<dyn Gateway>>,
+}
+
+#[derive(Deserialize)]
+struct NotificationData {
+    channel: Channel,
+    #[serde(default)]
+    headers: HashMap<String, String>,
+    body: String,
+}
+
+/// A notification that passed verification, ready to apply.
+struct Verified {
+    request_id: String,
+    digest: Vec<u8>,
+    channel: Channel,
+    notification: Notification,
+}
+
+fn transient(e: impl std::fmt::Display) -> ProcessError {
+    ProcessError::Transient(e.to_string())
+}
+
+impl NotificationProcessor {
+    /// Everything that needs no database: parse and verify. `received` is
+    /// when the ingress enqueued it (the AMQP timestamp), so a notification
+    /// that waited in the queue is judged by when it arrived, not by when a
+    /// consumer got to it.
+    fn verify(&self, d: &Delivery, now: DateTime<Utc>) -> Result<Verified, String> {
+        let env = parse_envelope(&d.data).map_err(|e| format!("invalid_request: {}", e.message))?;
+        if env.kind != NOTIFICATION_TYPE {
+            return Err(format!("invalid_request: unknown type {:?}", env.kind));
+        }
+        let data: NotificationData = NotificationData::deserialize(&env.body)
+            .map_err(|e| format!("invalid_request: {e}"))?;
+        let gateway = self
+            .gateways
+            .get(&data.channel)
+            .ok_or_else(|| format!("channel {} is not enabled", data.channel))?;
+        let headers: Headers = data
+            .headers
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .collect();
+        let received = d
+            .properties
+            .timestamp()
+            .and_then(|ts| Utc.timestamp_opt(ts as i64, 0).single())
+            .filter(|ts| *ts <= now)
+            .unwrap_or(now);
+        let notification = gateway
+            .verify_notification(&headers, data.body.as_bytes(), received)
+            .map_err(|e| format!("verification failed: {e}"))?;
+        Ok(Verified {
+            request_id: env.request_id.as_str().to_string(),
+            digest: env.digest,
+            channel: data.channel,
+            notification,
+        })
+    }
+}
+
+#[async_trait]
+impl BatchProcessor for NotificationProcessor {
+    async fn process(&self, batch: &[Delivery]) -> Result<BatchResult, ProcessError> {
+        let now = Utc::now();
+        let checked: Vec<Result<Verified, String>> =
+            batch.iter().map(|d| self.verify(d, now)).collect();
+        let mut tx = self.pool.begin().await.map_err(transient)?;
+        for v in checked.iter().flatten() {
+            let span = tracing::info_span!("notification", request_id = %v.request_id, channel = %v.channel);
+            apply(&mut tx, v)
+                .instrument(span)
+                .await
+                .map_err(transient)?;
+        }
+        tx.commit().await.map_err(transient)?;
+        let dead_letters: Vec<(usize, String)> = checked
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.as_ref().err().map(|why| (i, why.clone())))
+            .collect();
+        for r in &checked {
+            let outcome = if r.is_ok() { "applied" } else { "rejected" };
+            metrics::counter!("payrecon_messages_total", "queue" => "notifications", "type" => NOTIFICATION_TYPE, "outcome" => outcome).increment(1);
+        }
+        Ok(BatchResult { dead_letters })
+    }
+}
+
+async fn apply(conn: &mut PgConnection, v: &Verified) -> Result<(), StoreError> {
+    if inbox::claim(conn, &v.request_id, NOTIFICATION_TYPE, &v.digest).await? != inbox::Claim::New {
+        return Ok(());
+    }
+    let rid = Some(v.request_id.as_str());
+    match &v.notification {
+        Notification::Payment {
+            out_trade_no,
+            transaction_id,
+            amount,
+            paid_at,
+        } => {
+            let payment = GatewayPayment {
+                channel: v.channel,
+                out_trade_no: out_trade_no.clone(),
+                transaction_id: transaction_id.clone(),
+                amount: *amount,
+                paid_at: *paid_at,
+            };
+            let outcome = confirm_payment(conn, &payment, PaidSource::Notification, rid).await?;
+            tracing::info!(out_trade_no = %out_trade_no, outcome = ?std::mem::discriminant(&outcome), "payment notification applied");
+        }
+        Notification::Refund {
+            out_refund_no,
+            gateway_refund_id,
+            state,
+            ..
+        } => {
+            let outcome = match state {
+                RefundState::Succeeded => RefundOutcome::Succeeded,
+                RefundState::Failed(why) => RefundOutcome::Failed(why.clone()),
+                RefundState::Processing | RefundState::NotFound => return Ok(()),
+            };
+            if !settle_by_out_refund_no(
+                conn,
+                out_refund_no,
+                outcome,
+                gateway_refund_id.as_deref(),
+                rid,
+            )
+            .await?
+            {
+                tracing::warn!(out_refund_no = %out_refund_no, "refund notification for an unknown refund");
+            }
+        }
+        Notification::Ignored(what) => tracing::info!(what = %what, "notification needs no action"),
+    }
+    Ok(())
+}

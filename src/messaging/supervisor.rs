@@ -1,0 +1,172 @@
+//! Keeps the broker side alive. Each session opens a connection, declares
+//! the topology, and runs the consumers and the outbox relay; when any of
+//! them fails (broker restart, network loss) the whole session is torn down
+//! and rebuilt with backoff. lapin's own recovery is not relied upon: after
+//! a reconnect every in-flight delivery comes again, and the inbox turns the
+//! replay into a no-op.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::options::ConfirmSelectOptions;
+use lapin::{Channel, Connection, ConnectionProperties};
+use sqlx::PgPool;
+use tokio::sync::{Notify, RwLock};
+use tokio_util::sync::CancellationToken;
+
+use super::consumer::{self, BatchProcessor, ConsumerSpec};
+use super::relay;
+use super::topology::{self, Names};
+use crate::config::AmqpSettings;
+
+/// What the rest of the daemon sees of the broker.
+#[derive(Default)]
+pub struct BrokerState {
+    ready: AtomicBool,
+    publisher: RwLock<Option<Channel>>,
+}
+
+impl BrokerState {
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// A confirm-mode channel of the live session, if there is one.
+    pub async fn publisher(&self) -> Option<Channel> {
+        self.publisher.read().await.clone()
+    }
+
+    async fn set(&self, channel: Option<Channel>) {
+        self.ready.store(channel.is_some(), Ordering::SeqCst);
+        *self.publisher.write().await = channel;
+    }
+}
+
+pub struct Processors {
+    pub requests: Arc<dyn BatchProcessor>,
+    pub notifications: Arc<dyn BatchProcessor>,
+}
+
+/// Batches never exceed this, whatever the prefetch: a transaction of a few
+/// hundred small requests commits in milliseconds.
+const MAX_BATCH: usize = 256;
+const BATCH_WAIT: Duration = Duration::from_millis(5);
+
+pub async fn supervise(
+    amqp: AmqpSettings,
+    pool: PgPool,
+    processors: Processors,
+    state: Arc<BrokerState>,
+    wake: Arc<Notify>,
+    also_wake: Vec<Arc<Notify>>,
+    shutdown: CancellationToken,
+) {
+    let mut wakers = vec![wake.clone()];
+    wakers.extend(also_wake);
+    let wakers: consumer::Wakers = Arc::new(wakers);
+    let names = Names::new(&amqp.prefix);
+    let mut pause = Duration::from_millis(200);
+    while !shutdown.is_cancelled() {
+        match session(
+            &amqp,
+            &names,
+            &pool,
+            &processors,
+            &state,
+            &wake,
+            &wakers,
+            &shutdown,
+        )
+        .await
+        {
+            Ok(()) => break,
+            Err(e) => {
+                state.set(None).await;
+                tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "broker session ended; reconnecting");
+                metrics::counter!("payrecon_broker_reconnects_total").increment(1);
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                pause = (pause * 2).min(Duration::from_secs(15));
+            }
+        }
+    }
+    state.set(None).await;
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("consumer: {0}")]
+    Consumer(#[from] consumer::ConsumerError),
+    #[error("relay: {0}")]
+    Relay(#[from] relay::RelayError),
+}
+
+async fn confirm_channel(conn: &Connection) -> Result<Channel, lapin::Error> {
+    let ch = conn.create_channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    Ok(ch)
+}
+
+async fn session(
+    amqp: &AmqpSettings,
+    names: &Names,
+    pool: &PgPool,
+    processors: &Processors,
+    state: &BrokerState,
+    wake: &Arc<Notify>,
+    wakers: &consumer::Wakers,
+    shutdown: &CancellationToken,
+) -> Result<(), SessionError> {
+    let props = ConnectionProperties::default().with_connection_name("payrecon".into());
+    let conn = Connection::connect(amqp.url.expose(), props).await?;
+    topology::declare(&conn.create_channel().await?, names).await?;
+    let publisher = confirm_channel(&conn).await?;
+    let spec = |queue: &str| ConsumerSpec {
+        queue: queue.to_string(),
+        dlx: names.dlx.clone(),
+        prefetch: amqp.prefetch,
+        max_batch: usize::from(amqp.prefetch).min(MAX_BATCH),
+        wait: BATCH_WAIT,
+    };
+    let requests = consumer::run(
+        confirm_channel(&conn).await?,
+        spec(&names.requests),
+        processors.requests.clone(),
+        wakers.clone(),
+        shutdown.clone(),
+    );
+    let notifications = consumer::run(
+        confirm_channel(&conn).await?,
+        spec(&names.notifications),
+        processors.notifications.clone(),
+        wakers.clone(),
+        shutdown.clone(),
+    );
+    let relay_done = CancellationToken::new();
+    let relay = relay::run(
+        pool.clone(),
+        publisher.clone(),
+        names.events.clone(),
+        wake.clone(),
+        relay_done.clone(),
+    );
+    state.set(Some(publisher)).await;
+    tracing::info!(prefix = %amqp.prefix, "connected to the broker; consuming");
+    let consumers = async {
+        tokio::try_join!(requests, notifications)?;
+        // Consumers have settled their last batches; let the relay drain them.
+        relay_done.cancel();
+        Ok::<(), SessionError>(())
+    };
+    let result = tokio::try_join!(consumers, async { relay.await.map_err(SessionError::from) });
+    state.set(None).await;
+    if result.is_ok() {
+        let _ = conn.close(200, "shutting down".into()).await;
+    }
+    result.map(|_| ())
+}

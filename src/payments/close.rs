@@ -1,0 +1,103 @@
+//! `order.cancel` of an order whose payment was started: close it at the
+//! gateway first. Only a confirmed close cancels the order; a gateway that
+//! says "already paid" makes the order paid instead.
+
+use chrono::Utc;
+use serde_json::json;
+
+use super::{Payments, Step};
+use crate::domain::OrderStatus;
+use crate::gateway::{CloseOutcome, PaymentStatus};
+use crate::messaging::contracts::Event;
+use crate::store::payments::{confirm_payment, GatewayPayment, PaidSource};
+use crate::store::tasks::{self, Task, TaskKind};
+use crate::store::{orders, outbox, StoreError};
+
+pub(super) async fn attempt(p: &Payments, task: &Task) -> Result<Step, StoreError> {
+    let Some(order_id) = task.order_id else {
+        return Ok(Step::Failed("close task without order".into()));
+    };
+    let order = {
+        let mut conn = p.pool.acquire().await?;
+        // A prepay still in flight could create the payment after our close.
+        if tasks::has_pending(&mut conn, order_id, TaskKind::Prepay, task.id).await? {
+            return Ok(Step::Postpone(std::time::Duration::from_millis(500)));
+        }
+        orders::get(&mut conn, order_id).await?
+    };
+    let Some(order) = order.filter(|o| o.status == OrderStatus::PendingPayment) else {
+        return Ok(Step::Done);
+    };
+    let Some(gateway) = p.gateway(order.payment_method) else {
+        return Ok(Step::Failed("the channel is not enabled".into()));
+    };
+    let reason = task
+        .payload
+        .get("reason")
+        .and_then(|v| v.as_str())
+        .unwrap_or("cancelled")
+        .to_string();
+    match gateway.close(&order.out_trade_no()).await {
+        Ok(CloseOutcome::Closed) => {
+            cancel_order(p, order_id, &reason, task.request_id.as_deref()).await?;
+            Ok(Step::Done)
+        }
+        Ok(CloseOutcome::AlreadyPaid(status)) => {
+            let payment = payment_from(
+                order.payment_method,
+                &order.out_trade_no(),
+                &status,
+                order.total_amount,
+            );
+            let mut tx = p.pool.begin().await?;
+            confirm_payment(
+                &mut tx,
+                &payment,
+                PaidSource::Query,
+                task.request_id.as_deref(),
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(Step::Done)
+        }
+        Err(e) if e.is_retryable() && !p.is_last_attempt(task) => Ok(Step::Retry(e.to_string())),
+        // Not cancelled blind: the order stays pending and the timeout job retries later.
+        Err(e) => Ok(Step::Failed(e.to_string())),
+    }
+}
+
+pub(crate) fn payment_from(
+    channel: crate::domain::Channel,
+    out_trade_no: &str,
+    status: &PaymentStatus,
+    fallback_amount: crate::domain::Money,
+) -> GatewayPayment {
+    GatewayPayment {
+        channel,
+        out_trade_no: out_trade_no.to_string(),
+        transaction_id: status.transaction_id.clone().unwrap_or_default(),
+        amount: status.amount.unwrap_or(fallback_amount),
+        paid_at: status.paid_at.unwrap_or_else(Utc::now),
+    }
+}
+
+async fn cancel_order(
+    p: &Payments,
+    order_id: crate::domain::OrderId,
+    reason: &str,
+    rid: Option<&str>,
+) -> Result<(), StoreError> {
+    let mut tx = p.pool.begin().await?;
+    if let Some(mut order) = orders::get_for_update(&mut tx, order_id).await? {
+        if order.cancel(reason, Utc::now()).is_ok() {
+            orders::update(&mut tx, &order, OrderStatus::PendingPayment).await?;
+            outbox::enqueue(
+                &mut tx,
+                &Event::for_order("order.cancelled", &order, rid, json!({ "reason": reason })),
+            )
+            .await?;
+        }
+    }
+    tx.commit().await?;
+    Ok(())
+}

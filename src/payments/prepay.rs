@@ -1,0 +1,144 @@
+//! `payment.request` → the gateway's prepay. Every attempt uses the order's
+//! `out_trade_no`, which the gateways treat idempotently, and every retry
+//! first asks the gateway what happened, so a timed-out prepay that did
+//! succeed is neither doubled nor lost.
+
+use serde_json::json;
+
+use super::close::payment_from;
+use super::{Payments, Step};
+use crate::domain::{Order, OrderStatus, PaymentState};
+use crate::gateway::{GatewayError, PrepayRequest, TradeState};
+use crate::messaging::contracts::Event;
+use crate::store::payments::{confirm_payment, PaidSource};
+use crate::store::tasks::Task;
+use crate::store::{orders, outbox, StoreError};
+
+pub(super) async fn attempt(p: &Payments, task: &Task) -> Result<Step, StoreError> {
+    let Some(order_id) = task.order_id else {
+        return Ok(Step::Failed("prepay task without order".into()));
+    };
+    let order = {
+        let mut conn = p.pool.acquire().await?;
+        orders::get(&mut conn, order_id).await?
+    };
+    let Some(order) = order.filter(|o| o.status == OrderStatus::PendingPayment) else {
+        return Ok(Step::Done); // paid, cancelled or gone meanwhile: nothing to prepare
+    };
+    let Some(gateway) = p.gateway(order.payment_method) else {
+        fail(
+            p,
+            &order,
+            task,
+            "CHANNEL_DISABLED",
+            "the channel is not enabled",
+        )
+        .await?;
+        return Ok(Step::Done);
+    };
+    if task.attempt > 0 {
+        match gateway.query(&order.out_trade_no()).await {
+            Ok(status) if status.state == TradeState::Paid => {
+                let payment = payment_from(
+                    order.payment_method,
+                    &order.out_trade_no(),
+                    &status,
+                    order.total_amount,
+                );
+                let mut tx = p.pool.begin().await?;
+                confirm_payment(
+                    &mut tx,
+                    &payment,
+                    PaidSource::Query,
+                    task.request_id.as_deref(),
+                )
+                .await?;
+                tx.commit().await?;
+                return Ok(Step::Done);
+            }
+            Ok(status) if status.state == TradeState::Closed => {
+                fail(
+                    p,
+                    &order,
+                    task,
+                    "ORDER_CLOSED",
+                    "the payment was closed at the gateway",
+                )
+                .await?;
+                return Ok(Step::Done);
+            }
+            Ok(_) => {} // not paid or not there: preparing again is safe
+            Err(e) if e.is_retryable() && !p.is_last_attempt(task) => {
+                return Ok(Step::Retry(format!("query: {e}")))
+            }
+            Err(e) => tracing::warn!(error = %e, "query before re-prepay failed; preparing anyway"),
+        }
+    }
+    let request = PrepayRequest {
+        out_trade_no: order.out_trade_no(),
+        amount: order.total_amount,
+        description: format!("Order {}", order.order_id),
+        notify_url: p.notify_url(order.payment_method),
+        expires_at: order.expires_at,
+    };
+    match gateway.prepay(&request).await {
+        Ok(prepared) => {
+            let mut tx = p.pool.begin().await?;
+            if let Some(mut current) = orders::get_for_update(&mut tx, order_id).await? {
+                if current.status == OrderStatus::PendingPayment {
+                    current.payment_state = PaymentState::Prepared;
+                    orders::update(&mut tx, &current, OrderStatus::PendingPayment).await?;
+                }
+                let event = Event::for_order(
+                    "payment.prepared",
+                    &current,
+                    task.request_id.as_deref(),
+                    json!({ "prepay": prepared.prepay }),
+                );
+                outbox::enqueue(&mut tx, &event).await?;
+            }
+            tx.commit().await?;
+            Ok(Step::Done)
+        }
+        Err(e) if e.is_retryable() && !p.is_last_attempt(task) => Ok(Step::Retry(e.to_string())),
+        Err(e) => {
+            let (code, message) = error_parts(&e);
+            fail(p, &order, task, &code, &message).await?;
+            Ok(Step::Done)
+        }
+    }
+}
+
+fn error_parts(e: &GatewayError) -> (String, String) {
+    match e {
+        GatewayError::Business { code, message } => (code.clone(), message.clone()),
+        other => (other.kind().to_uppercase(), other.to_string()),
+    }
+}
+
+/// `payment.failed`: the order keeps waiting (a new payment.request may try
+/// again, the timeout job cancels it otherwise).
+async fn fail(
+    p: &Payments,
+    order: &Order,
+    task: &Task,
+    code: &str,
+    message: &str,
+) -> Result<(), StoreError> {
+    let mut tx = p.pool.begin().await?;
+    let Some(mut current) = orders::get_for_update(&mut tx, order.order_id).await? else {
+        return Ok(());
+    };
+    if current.status == OrderStatus::PendingPayment {
+        current.payment_state = PaymentState::Failed;
+        orders::update(&mut tx, &current, OrderStatus::PendingPayment).await?;
+    }
+    let data = json!({ "error": { "code": code, "message": message } });
+    outbox::enqueue(
+        &mut tx,
+        &Event::for_order("payment.failed", &current, task.request_id.as_deref(), data),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
