@@ -12,6 +12,9 @@ mod parsers;
 #[path = "recon/runs.rs"]
 mod runs;
 
+#[path = "recon/lifecycle.rs"]
+mod lifecycle;
+
 #[path = "recon/failures.rs"]
 mod failures;
 

@@ -1,5 +1,9 @@
-//! Reconciliation runs, their discrepancies, and the local side of a
-//! channel-day as matching needs it.
+//! Reconciliation runs, their discrepancies, and (in `local`) the local
+//! side of a channel-day as matching needs it.
+
+mod local;
+
+pub use local::{orders_by_out_trade_no, paid_in_window, refunds_in_window, status_groups};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::{FromRow, PgConnection};
@@ -7,8 +11,7 @@ use uuid::Uuid;
 
 use super::StoreError;
 use crate::domain::recon::{
-    BillSourceKind, Category, Discrepancy, LocalOrder, LocalRefund, ReconRun, Resolution,
-    RunStatus, StatusGroup, Summary,
+    BillSourceKind, Category, Discrepancy, ReconRun, Resolution, RunStatus, Summary,
 };
 use crate::domain::{Channel, Money, OrderId, OrderStatus};
 
@@ -295,138 +298,6 @@ pub async fn discrepancies(
                 gateway_transaction_id: r.gateway_transaction_id,
                 resolution: Resolution::parse(&r.resolution)
                     .ok_or_else(|| corrupt("resolution"))?,
-            })
-        })
-        .collect()
-}
-
-/// Orders of the channel created in `[from, to)`, grouped for the summary.
-pub async fn status_groups(
-    conn: &mut PgConnection,
-    channel: Channel,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-) -> Result<Vec<StatusGroup>, StoreError> {
-    let rows: Vec<(String, bool, i64, i64)> = sqlx::query_as(
-        "SELECT status, payment_state = 'failed', count(*), COALESCE(sum(total_amount), 0)::bigint \
-         FROM orders WHERE payment_method = $1 AND created_at >= $2 AND created_at < $3 \
-         GROUP BY 1, 2 ORDER BY 1, 2",
-    )
-    .bind(channel.as_str())
-    .bind(from)
-    .bind(to)
-    .fetch_all(conn)
-    .await?;
-    rows.into_iter()
-        .map(|(status, prepay_failed, count, total)| {
-            Ok(StatusGroup {
-                status: status.parse().map_err(StoreError::Corrupt)?,
-                prepay_failed,
-                count,
-                total,
-            })
-        })
-        .collect()
-}
-
-#[derive(FromRow)]
-struct LocalRow {
-    order_id: Uuid,
-    out_trade_no: String,
-    status: String,
-    total_amount: i64,
-    paid_amount: i64,
-    paid_at: Option<DateTime<Utc>>,
-}
-
-const LOCAL_COLUMNS: &str =
-    "o.order_id, o.out_trade_no, o.status, o.total_amount, o.paid_amount, o.paid_at";
-
-impl TryFrom<LocalRow> for LocalOrder {
-    type Error = StoreError;
-    fn try_from(r: LocalRow) -> Result<Self, StoreError> {
-        let corrupt = |what: String| StoreError::Corrupt(format!("order {}: {what}", r.order_id));
-        let money = |v: i64| Money::from_fen(v).map_err(|e| corrupt(e.to_string()));
-        Ok(LocalOrder {
-            order_id: OrderId(r.order_id),
-            status: r.status.parse().map_err(corrupt)?,
-            total_amount: money(r.total_amount)?,
-            paid_amount: money(r.paid_amount)?,
-            out_trade_no: r.out_trade_no,
-            paid_at: r.paid_at,
-        })
-    }
-}
-
-/// Orders of the channel paid in `[from, to)` (they must be in the bill).
-pub async fn paid_in_window(
-    conn: &mut PgConnection,
-    channel: Channel,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-) -> Result<Vec<LocalOrder>, StoreError> {
-    let rows: Vec<LocalRow> = sqlx::query_as(&format!(
-        "SELECT {LOCAL_COLUMNS} FROM orders o WHERE o.payment_method = $1 AND o.paid_at >= $2 AND o.paid_at < $3 \
-           AND o.status IN ('paid', 'shipped', 'completed', 'refunded')"
-    ))
-    .bind(channel.as_str())
-    .bind(from)
-    .bind(to)
-    .fetch_all(conn)
-    .await?;
-    rows.into_iter().map(LocalOrder::try_from).collect()
-}
-
-/// The channel's orders among `out_trade_nos` (a bill's batch).
-pub async fn orders_by_out_trade_no(
-    conn: &mut PgConnection,
-    channel: Channel,
-    out_trade_nos: &[String],
-) -> Result<Vec<LocalOrder>, StoreError> {
-    let rows: Vec<LocalRow> = sqlx::query_as(&format!(
-        "SELECT {LOCAL_COLUMNS} FROM orders o WHERE o.payment_method = $1 AND o.out_trade_no = ANY($2)"
-    ))
-    .bind(channel.as_str())
-    .bind(out_trade_nos)
-    .fetch_all(conn)
-    .await?;
-    rows.into_iter().map(LocalOrder::try_from).collect()
-}
-
-/// Our refunds requested in `[from, to)` that reached the gateway (accepted
-/// or succeeded), summed per order: the bill lists refunds by the day they
-/// were initiated.
-pub async fn refunds_in_window(
-    conn: &mut PgConnection,
-    channel: Channel,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-) -> Result<Vec<LocalRefund>, StoreError> {
-    #[derive(FromRow)]
-    struct Row {
-        #[sqlx(flatten)]
-        order: LocalRow,
-        refunded: i64,
-    }
-    let rows: Vec<Row> = sqlx::query_as(&format!(
-        "SELECT {LOCAL_COLUMNS}, sum(r.amount)::bigint AS refunded \
-         FROM refunds r JOIN orders o ON o.order_id = r.order_id \
-         WHERE o.payment_method = $1 AND r.created_at >= $2 AND r.created_at < $3 \
-           AND r.status IN ('succeeded', 'processing') \
-         GROUP BY o.order_id"
-    ))
-    .bind(channel.as_str())
-    .bind(from)
-    .bind(to)
-    .fetch_all(conn)
-    .await?;
-    rows.into_iter()
-        .map(|r| {
-            let amount =
-                Money::from_fen(r.refunded).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            Ok(LocalRefund {
-                order: LocalOrder::try_from(r.order)?,
-                amount,
             })
         })
         .collect()

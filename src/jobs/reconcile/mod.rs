@@ -64,7 +64,7 @@ impl BillSource {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum RunOutcome {
-    Completed(Report),
+    Completed(Box<Report>),
     /// Another run of the channel is running (its id); nothing was done.
     Skipped(Uuid),
 }
@@ -153,13 +153,21 @@ pub async fn run_reconciliation(
         Ok(report) => {
             metrics::counter!("payrecon_recon_runs_total", "channel" => channel.as_str(), "outcome" => "completed").increment(1);
             tracing::info!(run.id = %run_id, discrepancies = report.discrepancies.len(), "reconciliation completed");
-            Ok(RunOutcome::Completed(report))
+            Ok(RunOutcome::Completed(Box::new(report)))
         }
         Err(e) => {
             metrics::counter!("payrecon_recon_runs_total", "channel" => channel.as_str(), "outcome" => "failed").increment(1);
             tracing::error!(run.id = %run_id, error = %e, "reconciliation failed");
-            let mut conn = ctx.pool.acquire().await?;
-            store::fail_run(&mut conn, run_id, &e.to_string(), Utc::now()).await?;
+            // If even this fails (database gone), the run stays `running`
+            // until its lease runs out; the original error is what matters.
+            let recorded = async {
+                let mut conn = ctx.pool.acquire().await?;
+                store::fail_run(&mut conn, run_id, &e.to_string(), Utc::now()).await
+            }
+            .await;
+            if let Err(store_error) = recorded {
+                tracing::error!(run.id = %run_id, error = %store_error, "could not record the failed run");
+            }
             Err(e)
         }
     }

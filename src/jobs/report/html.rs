@@ -34,9 +34,9 @@ pub fn render_html(report: &Report) -> String {
         esc(&title),
         esc(&title)
     );
-    let _ = write!(
+    let _ = writeln!(
         h,
-        "<div class=\"meta\">Run <code>{}</code> · status <span class=\"status-{}\">{}</span> · bill from {} · started {} · finished {}</div>\n",
+        "<div class=\"meta\">Run <code>{}</code> · status <span class=\"status-{}\">{}</span> · bill from {} · started {} · finished {}</div>",
         esc(&run.run_id.to_string()),
         esc(run.status.as_str()),
         esc(run.status.as_str()),
@@ -45,9 +45,9 @@ pub fn render_html(report: &Report) -> String {
         esc(&run.finished_at.map(rfc3339).unwrap_or_else(|| "—".into()))
     );
     if let Some(error) = &run.error {
-        let _ = write!(
+        let _ = writeln!(
             h,
-            "<p class=\"status-failed\">The run failed: {}</p>\n",
+            "<p class=\"status-failed\">The run failed: {}</p>",
             esc(error)
         );
     }
