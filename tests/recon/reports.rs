@@ -156,6 +156,10 @@ async fn html_report_in_headless_chromium() {
         "report.html",
         report::render_html(&r).as_bytes(),
     );
+    // For a person to look at: PAYRECON_KEEP_HTML=/some/path.html keeps the page.
+    if let Ok(keep) = std::env::var("PAYRECON_KEEP_HTML") {
+        std::fs::copy(&html_path, keep).unwrap();
+    }
     let out = std::process::Command::new(chromium)
         .args(["--headless", "--no-sandbox", "--disable-gpu", "--dump-dom"])
         .arg(format!(

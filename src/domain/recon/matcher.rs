@@ -296,3 +296,118 @@ fn discrepancy(category: Category, rec: &BillRecord, local: Option<&LocalOrder>)
         resolution: Resolution::Open,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn money(v: i64) -> Money {
+        Money::from_fen(v).unwrap()
+    }
+
+    fn local(status: OrderStatus, total: i64, paid: i64) -> LocalOrder {
+        let id = OrderId::new_random();
+        LocalOrder {
+            order_id: id,
+            out_trade_no: id.out_trade_no(),
+            status,
+            total_amount: money(total),
+            paid_amount: money(paid),
+            paid_at: None,
+        }
+    }
+
+    fn row(kind: BillKind, otn: &str, amount: i64, fee: i64) -> BillRecord {
+        BillRecord {
+            line: 2,
+            kind,
+            out_trade_no: otn.into(),
+            transaction_id: format!("T-{otn}"),
+            gateway_status: "SUCCESS".into(),
+            amount: money(amount),
+            fee,
+            refund_no: None,
+            time: None,
+        }
+    }
+
+    #[test]
+    fn lookups_are_asked_once() {
+        let mut m = Matcher::new();
+        let a = local(OrderStatus::Paid, 100, 100);
+        m.add_expected(a.clone());
+        m.mark_absent("x");
+        let rows = [
+            row(BillKind::Payment, &a.out_trade_no, 100, 0),
+            row(BillKind::Payment, "x", 1, 0),
+            row(BillKind::Payment, "y", 1, 0),
+            row(BillKind::Refund, "y", 1, 0),
+        ];
+        assert_eq!(m.to_look_up(&rows), vec!["y".to_string()]);
+    }
+
+    #[test]
+    fn duplicates_refunds_and_missing() {
+        let mut m = Matcher::new();
+        let paid = local(OrderStatus::Paid, 100, 100);
+        let absent = local(OrderStatus::Shipped, 300, 300);
+        m.add_expected(paid.clone());
+        m.add_expected(absent.clone());
+        for r in [
+            row(BillKind::Payment, &paid.out_trade_no, 100, 600),
+            row(BillKind::Payment, &paid.out_trade_no, 100, 600),
+            row(BillKind::Refund, &paid.out_trade_no, 30, -180),
+            row(BillKind::Refund, &paid.out_trade_no, 20, -120),
+            row(BillKind::Refund, "stranger", 5, 0),
+            row(BillKind::Revoked, "revoked", 9, 0),
+        ] {
+            m.observe(&r).unwrap();
+        }
+        let out = m.finish(vec![LocalRefund {
+            order: paid.clone(),
+            amount: money(50),
+        }]);
+        assert_eq!((out.matched_count, out.matched_amount), (1, 100));
+        assert_eq!(out.bill.count, 2);
+        assert_eq!(out.bill.amount, 200);
+        assert_eq!(out.bill.refund_amount, 55);
+        assert_eq!(out.bill.fee_e5, 900);
+        let cats: Vec<(Category, &str)> = out
+            .discrepancies
+            .iter()
+            .map(|d| (d.category, d.out_trade_no.as_str()))
+            .collect();
+        // The refunds of `paid` add up to ours (50): no refund_mismatch.
+        assert_eq!(
+            cats,
+            vec![
+                (Category::MissingLocal, "stranger"),
+                (Category::MissingGateway, absent.out_trade_no.as_str()),
+                (Category::Duplicate, paid.out_trade_no.as_str()),
+            ]
+        );
+        let missing = &out.discrepancies[1];
+        assert_eq!(missing.local_amount, Some(money(300)));
+        assert_eq!(missing.gateway_amount, None);
+    }
+
+    #[test]
+    fn local_refund_absent_from_the_bill() {
+        let mut m = Matcher::new();
+        let o = local(OrderStatus::Paid, 100, 100);
+        m.add_known(o.clone());
+        m.observe(&row(BillKind::Payment, &o.out_trade_no, 100, 0))
+            .unwrap();
+        let out = m.finish(vec![LocalRefund {
+            order: o.clone(),
+            amount: money(40),
+        }]);
+        assert_eq!(out.discrepancies.len(), 1);
+        let d = &out.discrepancies[0];
+        assert_eq!(d.category, Category::RefundMismatch);
+        assert_eq!(
+            (d.local_amount, d.gateway_amount),
+            (Some(money(40)), Some(Money::ZERO))
+        );
+    }
+}

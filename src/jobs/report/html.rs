@@ -15,6 +15,9 @@ h1 { font-size: 1.5em; margin-bottom: 0.2em; }
 h2 { font-size: 1.15em; margin-top: 1.6em; border-bottom: 1px solid #999; }
 .meta { color: #555; margin-bottom: 1.2em; }
 table { border-collapse: collapse; margin-top: 0.5em; }
+table.detail { width: 100%; }
+code { white-space: nowrap; }
+.note { color: #555; font-size: 0.9em; }
 th, td { border: 1px solid #bbb; padding: 0.25em 0.6em; text-align: left; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 table.summary th { background: #f2f2f2; font-weight: normal; }
@@ -99,7 +102,7 @@ pub fn render_html(report: &Report) -> String {
         }
         h.push_str("</table>\n");
     }
-    h.push_str("<h2>Discrepancies</h2>\n");
+    h.push_str("<h2>Discrepancies</h2>\n<p class=\"note\">Amounts in yuan (¥). A status mismatch is repaired only after the gateway confirmed the payment; everything else is open for review.</p>\n");
     if report.discrepancies.is_empty() {
         h.push_str("<p class=\"none\">None: the bill and our records agree.</p>\n");
     }
@@ -120,7 +123,7 @@ pub fn render_html(report: &Report) -> String {
 fn category_table(h: &mut String, category: Category, group: &[&Discrepancy]) {
     let _ = write!(
         h,
-        "<h3 id=\"{}\">{} <small>({}, {})</small></h3>\n<table>\n<thead><tr><th>out_trade_no</th><th>order</th>\
+        "<h3 id=\"{}\">{} <small>({}, {})</small></h3>\n<table class=\"detail\">\n<thead><tr><th>out_trade_no</th><th>order</th>\
          <th class=\"num\">ours (¥)</th><th class=\"num\">gateway (¥)</th><th>our status</th>\
          <th>gateway status</th><th>gateway transaction</th><th>resolution</th></tr></thead>\n<tbody>\n",
         category.as_str(),
