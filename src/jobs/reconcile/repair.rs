@@ -3,7 +3,7 @@
 //! the order to paid (through `store::payments::confirm_payment`, so the
 //! same checks and the same `order.paid` event as any other confirmation).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 
@@ -11,7 +11,10 @@ use super::{ReconContext, ReconError};
 use crate::domain::recon::{Category, Discrepancy, ReconRun, Resolution};
 use crate::gateway::{Gateway, GatewayError, PaymentStatus, TradeState};
 use crate::store::payments::{self, ConfirmOutcome, GatewayPayment, PaidSource};
+use crate::store::recon as store;
 use crate::store::StoreError;
+
+const HEARTBEAT: Duration = Duration::from_secs(10);
 
 pub(super) async fn repair_status_mismatches(
     ctx: &ReconContext,
@@ -19,7 +22,14 @@ pub(super) async fn repair_status_mismatches(
     gateway: Option<&dyn Gateway>,
     discrepancies: &mut [Discrepancy],
 ) -> Result<(), ReconError> {
+    let mut last_beat = Instant::now();
     for d in discrepancies.iter_mut() {
+        // Many slow gateway queries must not let the run's lease lapse.
+        if last_beat.elapsed() >= HEARTBEAT {
+            let mut conn = ctx.pool.acquire().await?;
+            store::heartbeat(&mut conn, run.run_id, Utc::now()).await?;
+            last_beat = Instant::now();
+        }
         if d.category != Category::StatusMismatch
             || d.local_amount.is_none()
             || d.local_amount != d.gateway_amount
