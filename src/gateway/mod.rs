@@ -5,8 +5,12 @@
 //! Errors are classified once, here, at the failure site: `is_retryable` and
 //! `is_unknown_outcome` decide what the worker does next.
 
+pub mod alipay;
 pub mod bill;
 pub mod crypto;
+pub mod factory;
+mod http_client;
+pub mod wechat_pay;
 
 use std::collections::HashMap;
 use std::path::Path;
