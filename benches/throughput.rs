@@ -12,7 +12,10 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use payrecon::config::{Secret, Settings};
@@ -20,15 +23,27 @@ use payrecon::config::{Secret, Settings};
 const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 fn main() {
-    let n: usize = std::env::var("PAYRECON_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let n: usize = std::env::var("PAYRECON_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async move {
         let tag = uuid::Uuid::new_v4().simple().to_string();
         let prefix = format!("bench_{}", &tag[..10]);
         let baseline = broker_ceiling(&prefix, n).await;
         let ours = payrecon_rate(&prefix, n).await;
-        println!("broker ceiling (publish+confirm, consume+ack): {:>9.0} msg/s", baseline);
-        println!("payrecon order.place end to end:               {:>9.0} msg/s", ours);
+        println!(
+            "broker ceiling (publish+confirm, consume+ack): {:>9.0} msg/s",
+            baseline
+        );
+        println!(
+            "payrecon order.place end to end:               {:>9.0} msg/s",
+            ours
+        );
         println!("ratio: {:.3} (target >= 0.5)", ours / baseline);
     });
 }
@@ -36,8 +51,20 @@ fn main() {
 async fn publish_all(ch: &Channel, queue: &str, bodies: impl Iterator<Item = Vec<u8>>) {
     let mut pending = Vec::new();
     for body in bodies {
-        let props = BasicProperties::default().with_delivery_mode(2).with_content_type("application/json".into());
-        pending.push(ch.basic_publish("".into(), queue.into(), BasicPublishOptions::default(), &body, props).await.expect("publish"));
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into());
+        pending.push(
+            ch.basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                &body,
+                props,
+            )
+            .await
+            .expect("publish"),
+        );
         if pending.len() >= 1000 {
             for c in pending.drain(..) {
                 c.await.expect("confirm");
@@ -50,19 +77,43 @@ async fn publish_all(ch: &Channel, queue: &str, bodies: impl Iterator<Item = Vec
 }
 
 async fn broker_ceiling(prefix: &str, n: usize) -> f64 {
-    let conn = Connection::connect(AMQP, ConnectionProperties::default()).await.expect("amqp");
+    let conn = Connection::connect(AMQP, ConnectionProperties::default())
+        .await
+        .expect("amqp");
     let ch = conn.create_channel().await.expect("channel");
-    ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirm");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm");
     let queue = format!("{prefix}.baseline");
     let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), AMQPValue::LongString(LongString::from("quorum")));
-    ch.queue_declare(queue.as_str().into(), QueueDeclareOptions { durable: true, ..Default::default() }, args).await.expect("declare");
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString(LongString::from("quorum")),
+    );
+    ch.queue_declare(
+        queue.as_str().into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        args,
+    )
+    .await
+    .expect("declare");
     let consumer_ch = conn.create_channel().await.expect("channel");
-    consumer_ch.basic_qos(256, BasicQosOptions::default()).await.expect("qos");
+    consumer_ch
+        .basic_qos(256, BasicQosOptions::default())
+        .await
+        .expect("qos");
     let body = sample_request("baseline").into_bytes();
     let start = Instant::now();
     let mut consumer = consumer_ch
-        .basic_consume(queue.as_str().into(), "bench".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            queue.as_str().into(),
+            "bench".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .expect("consume");
     let consume = tokio::spawn(async move {
@@ -71,7 +122,10 @@ async fn broker_ceiling(prefix: &str, n: usize) -> f64 {
             seen += 1;
             // The same multiple-ack every 64 messages a batching consumer would use.
             if seen % 64 == 0 || seen == n {
-                d.acker.ack(BasicAckOptions { multiple: true }).await.expect("ack");
+                d.acker
+                    .ack(BasicAckOptions { multiple: true })
+                    .await
+                    .expect("ack");
             }
             if seen == n {
                 break;
@@ -81,7 +135,9 @@ async fn broker_ceiling(prefix: &str, n: usize) -> f64 {
     publish_all(&ch, &queue, (0..n).map(|_| body.clone())).await;
     consume.await.expect("consumer");
     let rate = n as f64 / start.elapsed().as_secs_f64();
-    let _ = ch.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+    let _ = ch
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await;
     rate
 }
 
@@ -103,16 +159,30 @@ async fn payrecon_rate(prefix: &str, n: usize) -> f64 {
     s.simulator.listen = "127.0.0.1:0".into();
     let keys = tempfile::tempdir().expect("tempdir");
     s.simulator.keys_dir = keys.path().to_path_buf();
-    let conn = Connection::connect(AMQP, ConnectionProperties::default()).await.expect("amqp");
+    let conn = Connection::connect(AMQP, ConnectionProperties::default())
+        .await
+        .expect("amqp");
     let ch = conn.create_channel().await.expect("channel");
-    ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirm");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm");
     let names = payrecon::messaging::topology::Names::new(prefix);
-    payrecon::messaging::topology::declare(&ch, &names).await.expect("topology");
+    payrecon::messaging::topology::declare(&ch, &names)
+        .await
+        .expect("topology");
     let daemon = payrecon::app::Daemon::start(s).await.expect("daemon");
     let start = Instant::now();
-    publish_all(&ch, &names.requests, (0..n).map(|i| sample_request(&format!("bench-{i}")).into_bytes())).await;
+    publish_all(
+        &ch,
+        &names.requests,
+        (0..n).map(|i| sample_request(&format!("bench-{i}")).into_bytes()),
+    )
+    .await;
     loop {
-        let done: i64 = sqlx::query_scalar("SELECT count(*) FROM orders").fetch_one(&daemon.pool).await.expect("count");
+        let done: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+            .fetch_one(&daemon.pool)
+            .await
+            .expect("count");
         if done as usize >= n {
             break;
         }
@@ -120,14 +190,25 @@ async fn payrecon_rate(prefix: &str, n: usize) -> f64 {
     }
     let rate = n as f64 / start.elapsed().as_secs_f64();
     daemon.stop().await;
-    for q in [&names.requests, &names.notifications, &names.requests_dlq, &names.notifications_dlq] {
-        let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+    for q in [
+        &names.requests,
+        &names.notifications,
+        &names.requests_dlq,
+        &names.notifications_dlq,
+    ] {
+        let _ = ch
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
     }
     for x in [&names.events, &names.dlx] {
-        let _ = ch.exchange_delete(x.as_str().into(), Default::default()).await;
+        let _ = ch
+            .exchange_delete(x.as_str().into(), Default::default())
+            .await;
     }
     if let Ok(pool) = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres").await {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)")).execute(&pool).await;
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
+            .execute(&pool)
+            .await;
     }
     rate
 }

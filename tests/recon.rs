@@ -20,3 +20,6 @@ mod failures;
 
 #[path = "recon/reports.rs"]
 mod reports;
+
+#[path = "recon/simulated.rs"]
+mod simulated;
