@@ -26,6 +26,9 @@ use super::alipay_proto::{
 use super::state::{business_day, local_cn, Payment, Refund, Store, TradeStatus};
 use super::{alipay_bill, notify, Ctx};
 
+/// Alipay's upper limit, 100 000 000.00 yuan.
+const MAX_AMOUNT_FEN: i64 = 10_000_000_000;
+
 pub async fn entry_get(
     State(ctx): State<Arc<Ctx>>,
     RawQuery(query): RawQuery,
@@ -132,7 +135,7 @@ fn precreate(
             parse_amount(v)
                 .ok_or_else(|| Failure::business("ACQ.INVALID_PARAMETER", "total_amount不合法"))
         })?;
-    if total.is_zero() || total.fen() > 100_000_000_00 {
+    if total.is_zero() || total.fen() > MAX_AMOUNT_FEN {
         return Err(Failure::business(
             "ACQ.TOTAL_FEE_EXCEED",
             "订单金额超过限额",

@@ -112,7 +112,7 @@ fn detail(ctx: &Ctx, date: NaiveDate) -> (String, Totals) {
             }
         }
     }
-    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    rows.sort_by_key(|r| r.0);
     let start = date.and_hms_opt(0, 0, 0).unwrap_or_default();
     let mut text = String::new();
     text.push_str("#支付宝业务明细查询\n");

@@ -15,6 +15,7 @@ mod state;
 mod wechat_auth;
 mod wechat_bill;
 mod wechat_pay;
+mod wechat_refund;
 mod zip_gbk;
 
 use std::future::Future;
@@ -35,7 +36,7 @@ use crate::domain::Channel;
 
 pub use faults::{FaultRequest, Faults};
 pub use keys::SimKeys;
-pub use wechat_auth::{parse_authorization, verify_request, AuthError, Authorization};
+pub use wechat_auth::{parse_authorization, verify_request, AuthError, Authorization, Merchant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimError {

@@ -83,6 +83,14 @@ pub fn parse_authorization(value: &str) -> Result<Authorization, AuthError> {
     })
 }
 
+/// Who may call: the merchant id, its API certificate serial and public key.
+#[derive(Debug, Clone, Copy)]
+pub struct Merchant<'a> {
+    pub mchid: &'a str,
+    pub serial_no: &'a str,
+    pub key: &'a RsaPublicKey,
+}
+
 /// Checks one request: the header parses, names our merchant and certificate,
 /// is fresh, and its signature over the five-line message verifies with the
 /// merchant's public key. `uri` is the path plus `?query` exactly as sent.
@@ -91,13 +99,11 @@ pub fn verify_request(
     method: &str,
     uri: &str,
     body: &[u8],
-    expected_mchid: &str,
-    expected_serial: &str,
-    key: &RsaPublicKey,
+    merchant: &Merchant<'_>,
     now: DateTime<Utc>,
 ) -> Result<Authorization, AuthError> {
     let auth = parse_authorization(header.ok_or(AuthError::Malformed("no Authorization"))?)?;
-    if auth.mchid != expected_mchid || !auth.serial_no.eq_ignore_ascii_case(expected_serial) {
+    if auth.mchid != merchant.mchid || !auth.serial_no.eq_ignore_ascii_case(merchant.serial_no) {
         return Err(AuthError::WrongMerchant);
     }
     let ts: i64 = auth
@@ -111,7 +117,7 @@ pub fn verify_request(
         format!("{method}\n{uri}\n{}\n{}\n", auth.timestamp, auth.nonce_str).into_bytes();
     message.extend_from_slice(body);
     message.push(b'\n');
-    if !key.verify_sha256_base64(&message, &auth.signature) {
+    if !merchant.key.verify_sha256_base64(&message, &auth.signature) {
         return Err(AuthError::BadSignature);
     }
     Ok(auth)

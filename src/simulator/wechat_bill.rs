@@ -155,7 +155,7 @@ fn lines(ctx: &Ctx, store: &Store, date: NaiveDate) -> Vec<Line> {
             });
         }
     }
-    out.sort_by(|a, b| a.at.cmp(&b.at));
+    out.sort_by_key(|l| l.at);
     out
 }
 

@@ -3,6 +3,7 @@
 //! outbox events commit together or not at all.
 
 pub mod inbox;
+pub mod jobs;
 pub mod orders;
 pub mod outbox;
 pub mod payments;

@@ -265,3 +265,68 @@ async fn cli_run_report_list() {
     assert_eq!(cli(ReconCommand::List { limit: 5 }).await, exit::OK);
     s.db.drop_db().await;
 }
+
+/// The daily job through the scheduler: the slot picks the previous business
+/// day; a channel already being reconciled is skipped, not failed.
+#[tokio::test]
+async fn daily_job_reconciles_the_previous_day_and_skips_a_busy_channel() {
+    use payrecon::jobs::reconcile::daily::{add_reconcile, JOB_NAME};
+    use payrecon::jobs::{Scheduler, SlotOutcome};
+
+    let s = every_category(Channel::WechatPay).await;
+    let text = wechat_bill(&s.rows);
+    let sha1 = payrecon::gateway::crypto::sha1_hex(text.as_bytes());
+    *s.gw.bill.lock().unwrap() = Some((gzip(text.as_bytes()), Some(sha1)));
+    let ctx = context(&s.db.pool, Channel::WechatPay, s.gw.clone());
+    let mut scheduler = Scheduler::new();
+    add_reconcile(&mut scheduler, &payrecon::config::Settings::default(), ctx).unwrap();
+
+    // 10:00 on 2026-11-25 in +08:00 reconciles 2026-11-24.
+    let slot = scheduler.next_slot(JOB_NAME, at(23, 0)).unwrap().unwrap();
+    assert_eq!(slot.to_rfc3339(), "2026-11-25T02:00:00+00:00");
+    let SlotOutcome::Succeeded(counts) = scheduler
+        .run_slot_now(&s.db.pool, JOB_NAME, slot, slot)
+        .await
+        .unwrap()
+    else {
+        panic!("the slot did not run")
+    };
+    assert_eq!(
+        (
+            counts.get("completed"),
+            counts.get("discrepancies"),
+            counts.get("skipped")
+        ),
+        (1, 9, 0)
+    );
+    let mut conn = s.db.pool.acquire().await.unwrap();
+    let latest = store::recon::latest_run(&mut conn, Channel::WechatPay, day())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (latest.status, latest.trigger.as_str()),
+        (RunStatus::Completed, "schedule")
+    );
+
+    // Next day, with a run of the channel still going elsewhere.
+    sqlx::query(
+        "INSERT INTO recon_runs (run_id, channel, business_date, status, trigger, bill_source, started_at, heartbeat_at) \
+         VALUES ($1, 'wechat_pay', '2026-11-25', 'running', 'cli', 'file', now(), now())",
+    )
+    .bind(uuid::Uuid::new_v4())
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    drop(conn);
+    let next = scheduler.next_slot(JOB_NAME, slot).unwrap().unwrap();
+    let SlotOutcome::Succeeded(counts) = scheduler
+        .run_slot_now(&s.db.pool, JOB_NAME, next, next)
+        .await
+        .unwrap()
+    else {
+        panic!("the slot did not run")
+    };
+    assert_eq!((counts.get("completed"), counts.get("skipped")), (0, 1));
+    s.db.drop_db().await;
+}

@@ -11,6 +11,7 @@
 //! `status_mismatch`, and only after the gateway's own query confirms the
 //! payment: the bill alone never moves money state.
 
+pub mod daily;
 mod repair;
 mod stream;
 
