@@ -233,3 +233,29 @@ fn malformed_bills_name_the_line() {
         assert!(err.contains(expected), "{what}: {err}");
     }
 }
+
+/// A stored (uncompressed) entry damaged in transit still reads as text; its
+/// CRC-32 gives it away.
+#[test]
+fn damaged_zip_entry_fails_its_crc() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let csv = alipay_bill(&[pay("a1", 1000), pay("a2", 2000)]);
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let stored =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    zip.start_file("2088_20261124_业务明细.csv", stored)
+        .unwrap();
+    zip.write_all(&csv).unwrap();
+    let mut bytes = zip.finish().unwrap().into_inner();
+    let good = write_file(dir.path(), "good.zip", &bytes);
+    assert_eq!(read_all(Channel::Alipay, &good, None).unwrap().len(), 2);
+
+    let at = bytes.windows(6).position(|w| w == b",20.00").unwrap();
+    bytes[at + 1] = b'9';
+    let bad = write_file(dir.path(), "bad.zip", &bytes);
+    let err = read_all(Channel::Alipay, &bad, None)
+        .expect_err("damaged")
+        .to_string();
+    assert!(err.contains("CRC-32"), "{err}");
+}

@@ -92,12 +92,13 @@ fn open_alipay_entry(file: File) -> Result<Box<dyn BufRead + Send>, BillError> {
                 entry.data_start(),
                 entry.compressed_size(),
                 entry.compression(),
+                entry.crc32(),
             ));
             break;
         }
         names.push(name);
     }
-    let Some((start, size, method)) = found else {
+    let Some((start, size, method, crc32)) = found else {
         return Err(BillError::Archive(format!(
             "no 业务明细 entry in the zip (entries: {})",
             names.join(", ")
@@ -115,7 +116,31 @@ fn open_alipay_entry(file: File) -> Result<Box<dyn BufRead + Send>, BillError> {
             )))
         }
     };
-    Ok(Box::new(BufReader::with_capacity(64 * 1024, reader)))
+    let checked = CrcChecked {
+        inner: flate2::CrcReader::new(reader),
+        expected: crc32,
+    };
+    Ok(Box::new(BufReader::with_capacity(64 * 1024, checked)))
+}
+
+/// Checks the entry's CRC-32 when its end is reached: a damaged stored
+/// (uncompressed) entry would otherwise read as plausible text.
+struct CrcChecked {
+    inner: flate2::CrcReader<Box<dyn Read + Send>>,
+    expected: u32,
+}
+
+impl Read for CrcChecked {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && !buf.is_empty() && self.inner.crc().sum() != self.expected {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the zip entry's CRC-32 does not match its content",
+            ));
+        }
+        Ok(n)
+    }
 }
 
 /// Alipay writes GBK names without the zip UTF-8 flag; a re-packed archive
