@@ -79,6 +79,49 @@ async fn brings_its_own_keys_and_stops_on_shutdown() {
 }
 
 #[tokio::test]
+async fn run_serves_on_the_given_address_until_shutdown() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    copy_keys_to(dir.path());
+    let mut settings = payrecon::config::Settings::default().simulator;
+    settings.keys_dir = dir.path().to_path_buf();
+    // Find a free port, then hand its address to `run`.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let shutdown = CancellationToken::new();
+    let (addr, token) = (listen.clone(), shutdown.clone());
+    let server =
+        tokio::spawn(async move { payrecon::simulator::run(settings, &addr, token).await });
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let url = format!("http://{listen}/sim/faults");
+    let mut up = false;
+    for _ in 0..50 {
+        if client
+            .get(&url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(up, "serving on {listen}");
+    shutdown.cancel();
+    let stopped = tokio::time::timeout(std::time::Duration::from_secs(5), server)
+        .await
+        .expect("stops")
+        .expect("task");
+    assert!(stopped.is_ok(), "{stopped:?}");
+}
+
+#[tokio::test]
 async fn unknown_payments_and_bad_control_bodies() {
     let h = Harness::start().await;
     let (status, _) = h

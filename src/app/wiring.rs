@@ -1,8 +1,10 @@
 //! The joints between the core and the parts built beside it: gateways and
 //! their simulator, scheduled jobs, reconciliation.
 
-use std::collections::HashMap;
 use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
 
 use sqlx::PgPool;
 use tokio::task::JoinSet;
@@ -10,17 +12,49 @@ use tokio_util::sync::CancellationToken;
 
 use super::Gateways;
 use crate::cli::ReconCommand;
-use crate::config::Settings;
+use crate::config::{GatewayMode, Settings};
+use crate::gateway::factory::build_gateways;
 use crate::payments::ReconRunner;
+use crate::simulator::{SimOptions, Simulator};
 
 /// Starts the in-process simulator when a gateway is in simulator mode and
 /// builds the enabled gateways.
 pub async fn start_gateways(
-    _settings: &Settings,
-    _tasks: &mut JoinSet<()>,
-    _shutdown: &CancellationToken,
+    settings: &Settings,
+    tasks: &mut JoinSet<()>,
+    shutdown: &CancellationToken,
 ) -> anyhow::Result<(Gateways, Option<String>)> {
-    Ok((HashMap::new(), None))
+    let g = &settings.gateways;
+    let simulated = (g.wechat_pay.enabled && g.wechat_pay.mode == GatewayMode::Simulator)
+        || (g.alipay.enabled && g.alipay.mode == GatewayMode::Simulator);
+    let base_url = if simulated {
+        let sim = start_simulator(settings, &settings.simulator.listen, shutdown.clone()).await?;
+        let url = sim.base_url();
+        tasks.spawn(async move {
+            if let Err(e) = sim.stopped().await {
+                tracing::warn!(error = %e, "simulator stopped with an error");
+            }
+        });
+        Some(url)
+    } else {
+        None
+    };
+    let gateways = build_gateways(settings, base_url.as_deref()).context("gateways")?;
+    Ok((gateways, base_url))
+}
+
+async fn start_simulator(
+    settings: &Settings,
+    listen: &str,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Simulator> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("simulator.listen {listen}"))?;
+    let opts = SimOptions::new(settings.simulator.clone());
+    Ok(Simulator::start(opts, listener, shutdown)
+        .await
+        .context("simulator")?)
 }
 
 pub fn recon_runner(
@@ -31,13 +65,18 @@ pub fn recon_runner(
     None
 }
 
+/// The cron-scheduled jobs; each slot runs once across all instances.
 pub fn spawn_jobs(
-    _settings: &Settings,
-    _pool: &PgPool,
-    _gateways: &Gateways,
-    _tasks: &mut JoinSet<()>,
-    _shutdown: &CancellationToken,
+    settings: &Settings,
+    pool: &PgPool,
+    gateways: &Gateways,
+    tasks: &mut JoinSet<()>,
+    shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
+    let mut scheduler = crate::jobs::Scheduler::new();
+    crate::jobs::add_timeout_cancel(&mut scheduler, settings, pool.clone(), gateways.clone())
+        .context("jobs.timeout_cancel")?;
+    tasks.spawn(scheduler.run(pool.clone(), shutdown.clone()));
     Ok(())
 }
 
@@ -49,6 +88,14 @@ pub async fn recon_command(_command: ReconCommand, _settings: &Settings) -> anyh
     anyhow::bail!("reconciliation is being integrated")
 }
 
-pub async fn gateway_sim(_settings: &Settings, _listen: Option<String>) -> anyhow::Result<i32> {
-    anyhow::bail!("the simulator is being integrated")
+/// `payrecon gateway-sim`: the simulator alone, until SIGINT/SIGTERM.
+pub async fn gateway_sim(settings: &Settings, listen: Option<String>) -> anyhow::Result<i32> {
+    let shutdown = CancellationToken::new();
+    let listen = listen.unwrap_or_else(|| settings.simulator.listen.clone());
+    let sim = start_simulator(settings, &listen, shutdown.clone()).await?;
+    println!("gateway simulator listening on {}", sim.base_url());
+    super::wait_for_signal().await;
+    shutdown.cancel();
+    sim.stopped().await?;
+    Ok(crate::cli::exit::OK)
 }

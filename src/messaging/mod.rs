@@ -5,6 +5,7 @@ pub mod consumer;
 pub mod contracts;
 pub mod handler;
 pub mod notification_processor;
+pub mod place_batch;
 pub mod publisher;
 pub mod relay;
 pub mod request_processor;

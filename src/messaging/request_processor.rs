@@ -14,6 +14,7 @@ use tracing::Instrument;
 use super::consumer::{BatchProcessor, BatchResult, ProcessError};
 use super::contracts::Event;
 use super::handler::{self, HandlerConfig};
+use super::place_batch;
 use super::requests::{parse_request, Envelope, Invalid, Request};
 use crate::store::{inbox, outbox, StoreError};
 
@@ -32,39 +33,59 @@ impl BatchProcessor for RequestProcessor {
         let parsed: Vec<Result<Envelope<Request>, Invalid>> =
             batch.iter().map(|d| parse_request(&d.data)).collect();
         let mut poison: HashMap<usize, String> = HashMap::new();
+        // The bulk path cannot tell which of its requests failed; after a
+        // non-transient failure the batch is redone one by one to find it.
+        let mut bulk = true;
         loop {
             let now = Utc::now();
             let mut tx = self.pool.begin().await.map_err(transient)?;
             let mut outcomes = Vec::with_capacity(parsed.len());
+            let mut run: Vec<usize> = Vec::new();
             let mut failed = None;
             for (i, item) in parsed.iter().enumerate() {
                 if poison.contains_key(&i) {
                     continue;
                 }
-                let result = match item {
-                    Ok(env) => {
-                        let span = tracing::info_span!("request", request_id = %env.request_id, request_type = %env.kind,
-                            order_id = env.body.order_id().map(|o| o.to_string()).unwrap_or_default());
-                        handler::apply(&mut tx, &self.config, env, now)
-                            .instrument(span)
-                            .await
-                            .map(|o| outcomes.push((env.kind.clone(), o.label())))
-                    }
-                    Err(invalid) => reject_invalid(&mut tx, invalid, &batch[i].data).await,
-                };
-                match result {
-                    Ok(()) => {}
-                    Err(e) if e.is_transient() => return Err(transient(e)),
-                    Err(e) => {
-                        failed = Some((i, e));
-                        break;
-                    }
+                if bulk && matches!(item, Ok(env) if matches!(env.body, Request::PlaceOrder(_))) {
+                    run.push(i);
+                    continue;
+                }
+                if let Err(e) = self
+                    .flush_places(&mut tx, &parsed, &mut run, &mut outcomes, now)
+                    .await
+                {
+                    failed = Some((None, e));
+                    break;
+                }
+                if let Err(e) = self
+                    .apply_one(&mut tx, item, &batch[i].data, &mut outcomes, now)
+                    .await
+                {
+                    failed = Some((Some(i), e));
+                    break;
                 }
             }
-            if let Some((i, e)) = failed {
-                tracing::error!(error = %e, "request failed to process; dead-lettering it and retrying the rest");
-                poison.insert(i, format!("processing failed: {e}"));
-                continue; // `tx` is dropped: rolled back.
+            if failed.is_none() {
+                if let Err(e) = self
+                    .flush_places(&mut tx, &parsed, &mut run, &mut outcomes, now)
+                    .await
+                {
+                    failed = Some((None, e));
+                }
+            }
+            match failed {
+                None => {}
+                Some((_, e)) if e.is_transient() => return Err(transient(e)),
+                Some((None, e)) => {
+                    tracing::warn!(error = %e, "bulk apply failed; redoing the batch one request at a time");
+                    bulk = false;
+                    continue;
+                }
+                Some((Some(i), e)) => {
+                    tracing::error!(error = %e, "request failed to process; dead-lettering it and retrying the rest");
+                    poison.insert(i, format!("processing failed: {e}"));
+                    continue; // `tx` is dropped: rolled back.
+                }
             }
             tx.commit().await.map_err(transient)?;
             for (kind, outcome) in outcomes {
@@ -85,6 +106,55 @@ impl BatchProcessor for RequestProcessor {
             }
             dead_letters.extend(poison);
             return Ok(BatchResult { dead_letters });
+        }
+    }
+}
+
+impl RequestProcessor {
+    async fn flush_places(
+        &self,
+        conn: &mut PgConnection,
+        parsed: &[Result<Envelope<Request>, Invalid>],
+        run: &mut Vec<usize>,
+        outcomes: &mut Vec<(String, &'static str)>,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        if run.is_empty() {
+            return Ok(());
+        }
+        let envs: Vec<&Envelope<Request>> = run
+            .iter()
+            .filter_map(|i| parsed[*i].as_ref().ok())
+            .collect();
+        let results = place_batch::apply_places(conn, &self.config, &envs, now).await?;
+        outcomes.extend(
+            results
+                .iter()
+                .map(|o| ("order.place".to_string(), o.label())),
+        );
+        run.clear();
+        Ok(())
+    }
+
+    async fn apply_one(
+        &self,
+        conn: &mut PgConnection,
+        item: &Result<Envelope<Request>, Invalid>,
+        raw: &[u8],
+        outcomes: &mut Vec<(String, &'static str)>,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        match item {
+            Ok(env) => {
+                let span = tracing::info_span!("request", request_id = %env.request_id, request_type = %env.kind,
+                    order_id = env.body.order_id().map(|o| o.to_string()).unwrap_or_default());
+                let outcome = handler::apply(conn, &self.config, env, now)
+                    .instrument(span)
+                    .await?;
+                outcomes.push((env.kind.clone(), outcome.label()));
+                Ok(())
+            }
+            Err(invalid) => reject_invalid(conn, invalid, raw).await,
         }
     }
 }

@@ -401,7 +401,8 @@ fn bill_url(ctx: &Ctx, biz: &Value, host: &str, now: DateTime<Utc>) -> Result<No
     if date > business_day(now) {
         return Err(Failure::business("isp.bill_not_exist", "账单不存在"));
     }
-    let (url, empty) = alipay_bill::issue_download(ctx, date, host, now);
+    let (url, empty) = alipay_bill::issue_download(ctx, date, host, now)
+        .map_err(|_| Failure::business("ACQ.SYSTEM_ERROR", "系统错误"))?;
     let mut node = success();
     node.insert("bill_download_url".into(), url.into());
     if empty {

@@ -208,8 +208,8 @@ pub fn issue_download(
     date: NaiveDate,
     host: &str,
     now: DateTime<Utc>,
-) -> (String, bool) {
-    let (bytes, empty) = archive(ctx, date).unwrap_or_default();
+) -> std::io::Result<(String, bool)> {
+    let (bytes, empty) = archive(ctx, date)?;
     let token = ctx.ids.token();
     let day = date.format("%Y%m%d");
     let file_name = format!("{}_{day}.csv.zip", account(ctx));
@@ -230,7 +230,7 @@ pub fn issue_download(
         "http://{host}{DOWNLOAD_PATH}?bizType=trade&userId={}&fileType=csv.zip&bizDates={day}&downloadFileName={file_name}&token={token}",
         seller_id(ctx)
     );
-    (url, empty)
+    Ok((url, empty))
 }
 
 /// The unsigned download; faults apply as to any call of the channel.

@@ -46,8 +46,11 @@ pub enum SimError {
     Io(#[from] std::io::Error),
     #[error("simulator server task failed: {0}")]
     Join(String),
+    #[error("simulator HTTP client: {0}")]
+    Client(String),
 }
 
+#[derive(Debug, Clone)]
 pub struct SimOptions {
     pub settings: SimulatorSettings,
     /// Delays between notification re-sends (defaults: the gateways' real
@@ -173,7 +176,7 @@ impl Simulator {
             .no_proxy()
             .timeout(Duration::from_secs(5))
             .build()
-            .map_err(|e| SimError::Join(e.to_string()))?;
+            .map_err(|e| SimError::Client(e.to_string()))?;
         let addr = listener.local_addr()?;
         let ctx = Arc::new(Ctx {
             settings: opts.settings,
@@ -222,6 +225,20 @@ impl Simulator {
         self.ctx.tasks.wait().await;
         served.map_err(SimError::Io)
     }
+}
+
+/// `payrecon gateway-sim`: binds `listen`, serves with the gateways' real
+/// notification schedules until `shutdown` is cancelled, then waits for a
+/// clean stop.
+pub async fn run(
+    settings: SimulatorSettings,
+    listen: &str,
+    shutdown: CancellationToken,
+) -> Result<(), SimError> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let sim = Simulator::start(SimOptions::new(settings), listener, shutdown).await?;
+    tracing::info!(simulator.base_url = %sim.base_url(), "gateway simulator ready");
+    sim.stopped().await
 }
 
 fn router(ctx: Arc<Ctx>) -> Router {

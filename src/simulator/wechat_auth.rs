@@ -234,4 +234,20 @@ mod tests {
             assert!(parse_authorization(bad).is_err(), "{bad}");
         }
     }
+
+    use proptest::strategy::Strategy;
+
+    proptest::proptest! {
+        /// Any order of the five items, with or without spaces after commas.
+        #[test]
+        fn any_item_order_parses_the_same(order in proptest::strategy::Just(vec![0usize, 1, 2, 3, 4]).prop_shuffle(), spaced in proptest::bool::ANY) {
+            let items = [r#"mchid="1900000001""#, r#"nonce_str="N1""#, r#"timestamp="1554208460""#,
+                         r#"serial_no="S1""#, r#"signature="c2ln""#];
+            let sep = if spaced { ", " } else { "," };
+            let header = format!("{SCHEME} {}", order.iter().map(|i| items[*i]).collect::<Vec<_>>().join(sep));
+            let a = parse_authorization(&header).unwrap();
+            proptest::prop_assert_eq!((a.mchid.as_str(), a.nonce_str.as_str(), a.timestamp.as_str(),
+                a.serial_no.as_str(), a.signature.as_str()), ("1900000001", "N1", "1554208460", "S1", "c2ln"));
+        }
+    }
 }

@@ -61,3 +61,69 @@ pub async fn set_outcome(
         .await?;
     Ok(())
 }
+
+/// Claims many request ids in two round trips; the result is in input
+/// order. Within the batch, the first occurrence of an id is the one that
+/// counts (later ones are compared with it), as if processed one by one.
+pub async fn claim_many(
+    conn: &mut PgConnection,
+    requests: &[(&str, &str, &[u8])],
+) -> Result<Vec<Claim>, StoreError> {
+    use std::collections::{HashMap, HashSet};
+    if requests.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<&str> = requests.iter().map(|r| r.0).collect();
+    let kinds: Vec<&str> = requests.iter().map(|r| r.1).collect();
+    let hashes: Vec<&[u8]> = requests.iter().map(|r| r.2).collect();
+    let inserted: HashSet<String> = sqlx::query_scalar(
+        "INSERT INTO inbox (request_id, request_type, body_hash, outcome) \
+         SELECT id, kind, hash, 'processed' FROM UNNEST($1::text[], $2::text[], $3::bytea[]) AS t(id, kind, hash) \
+         ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
+    )
+    .bind(&ids)
+    .bind(&kinds)
+    .bind(&hashes)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .collect();
+    let others: Vec<&str> = ids
+        .iter()
+        .copied()
+        .filter(|id| !inserted.contains(*id))
+        .collect();
+    let existing: HashMap<String, Vec<u8>> = if others.is_empty() {
+        HashMap::new()
+    } else {
+        sqlx::query_as::<_, (String, Vec<u8>)>(
+            "SELECT request_id, body_hash FROM inbox WHERE request_id = ANY($1)",
+        )
+        .bind(&others)
+        .fetch_all(conn)
+        .await?
+        .into_iter()
+        .collect()
+    };
+    let mut first_in_batch: HashMap<&str, &[u8]> = HashMap::new();
+    Ok(requests
+        .iter()
+        .map(|(id, _, hash)| {
+            if let Some(first) = first_in_batch.get(id) {
+                return if first == hash {
+                    Claim::Duplicate
+                } else {
+                    Claim::Reused
+                };
+            }
+            if inserted.contains(*id) {
+                first_in_batch.insert(id, hash);
+                return Claim::New;
+            }
+            match existing.get(*id) {
+                Some(h) if h.as_slice() == *hash => Claim::Duplicate,
+                _ => Claim::Reused,
+            }
+        })
+        .collect())
+}

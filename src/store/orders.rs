@@ -197,3 +197,50 @@ pub async fn count_by_status(conn: &mut PgConnection) -> Result<Vec<(String, i64
             .await?,
     )
 }
+
+/// Inserts many new orders in one round trip (the hot path of a batch of
+/// `order.place`). Returns the ids that were inserted; an id that already
+/// existed is left out.
+pub async fn insert_many(
+    conn: &mut PgConnection,
+    orders: &[Order],
+) -> Result<std::collections::HashSet<Uuid>, StoreError> {
+    if orders.is_empty() {
+        return Ok(Default::default());
+    }
+    let ids: Vec<Uuid> = orders.iter().map(|o| o.order_id.0).collect();
+    let otns: Vec<String> = orders.iter().map(Order::out_trade_no).collect();
+    let users: Vec<&str> = orders.iter().map(|o| o.user_id.as_str()).collect();
+    let items: Vec<serde_json::Value> = orders
+        .iter()
+        .map(|o| serde_json::to_value(&o.items).unwrap_or_default())
+        .collect();
+    let currencies: Vec<&str> = orders.iter().map(|o| o.currency.as_str()).collect();
+    let totals: Vec<i64> = orders.iter().map(|o| o.total_amount.fen()).collect();
+    let methods: Vec<&str> = orders.iter().map(|o| o.payment_method.as_str()).collect();
+    let statuses: Vec<&str> = orders.iter().map(|o| o.status.as_str()).collect();
+    let states: Vec<&str> = orders.iter().map(|o| o.payment_state.as_str()).collect();
+    let created: Vec<DateTime<Utc>> = orders.iter().map(|o| o.created_at).collect();
+    let expires: Vec<DateTime<Utc>> = orders.iter().map(|o| o.expires_at).collect();
+    let inserted: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO orders (order_id, out_trade_no, user_id, items, currency, total_amount, payment_method, \
+         status, payment_state, created_at, expires_at) \
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[], $5::text[], $6::bigint[], \
+         $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::timestamptz[]) \
+         ON CONFLICT DO NOTHING RETURNING order_id",
+    )
+    .bind(&ids)
+    .bind(&otns)
+    .bind(&users)
+    .bind(&items)
+    .bind(&currencies)
+    .bind(&totals)
+    .bind(&methods)
+    .bind(&statuses)
+    .bind(&states)
+    .bind(&created)
+    .bind(&expires)
+    .fetch_all(conn)
+    .await?;
+    Ok(inserted.into_iter().collect())
+}
