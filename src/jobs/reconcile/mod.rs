@@ -46,6 +46,26 @@ pub struct ReconContext {
     pub progress: Option<ProgressFn>,
 }
 
+impl ReconContext {
+    /// The context of a process: the enabled channels' gateways and the
+    /// business offset of `jobs.reconcile.timezone` (validated at load; UTC
+    /// only if a hand-built `Settings` skipped validation).
+    pub fn from_settings(
+        settings: &crate::config::Settings,
+        pool: PgPool,
+        gateways: HashMap<Channel, Arc<dyn Gateway>>,
+    ) -> ReconContext {
+        ReconContext {
+            pool,
+            gateways,
+            business_offset: settings
+                .business_offset()
+                .unwrap_or_else(|| chrono::Offset::fix(&Utc)),
+            progress: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BillSource {
     /// Downloaded through the channel's bill API.
