@@ -1,6 +1,8 @@
 //! The command line of CONTRACT §1. Exit codes: 0 success, 1 could not run,
 //! 3 not found.
 
+pub mod recon;
+
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};

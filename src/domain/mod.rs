@@ -5,6 +5,7 @@ mod channel;
 mod ids;
 mod money;
 mod order;
+pub mod recon;
 
 pub use channel::{Channel, UnknownChannel};
 pub use ids::{BadRequestId, OrderId, RefundId, RequestId};

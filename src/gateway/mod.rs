@@ -6,6 +6,7 @@
 //! `is_unknown_outcome` decide what the worker does next.
 
 pub mod alipay;
+pub mod bill;
 pub mod crypto;
 pub mod factory;
 mod http_client;

@@ -5,6 +5,7 @@ mod auth;
 mod health;
 mod notify;
 mod orders;
+pub mod recon;
 
 use std::collections::HashMap;
 use std::sync::Arc;

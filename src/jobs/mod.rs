@@ -2,6 +2,8 @@
 //! directly; the [`scheduler::Scheduler`] decides when, claiming every cron
 //! slot in PostgreSQL so that it runs once across all instances.
 
+pub mod reconcile;
+pub mod report;
 pub mod scheduler;
 mod slots;
 pub mod timeout_cancel;
