@@ -14,6 +14,7 @@ use super::Gateways;
 use crate::cli::ReconCommand;
 use crate::config::{GatewayMode, Settings};
 use crate::gateway::factory::build_gateways;
+use crate::jobs::reconcile::ReconContext;
 use crate::payments::ReconRunner;
 use crate::simulator::{SimOptions, Simulator};
 
@@ -76,16 +77,49 @@ pub fn spawn_jobs(
     let mut scheduler = crate::jobs::Scheduler::new();
     crate::jobs::add_timeout_cancel(&mut scheduler, settings, pool.clone(), gateways.clone())
         .context("jobs.timeout_cancel")?;
+    let recon = ReconContext::from_settings(settings, pool.clone(), gateways.clone());
+    crate::jobs::reconcile::daily::add_reconcile(&mut scheduler, settings, recon)
+        .context("jobs.reconcile")?;
     tasks.spawn(scheduler.run(pool.clone(), shutdown.clone()));
     Ok(())
 }
 
-pub fn recon_routes(_pool: &PgPool) -> Option<axum::Router> {
-    None
+pub fn recon_routes(pool: &PgPool) -> Option<axum::Router> {
+    Some(crate::http::recon::router(
+        crate::http::recon::ReconHttpState { pool: pool.clone() },
+    ))
 }
 
-pub async fn recon_command(_command: ReconCommand, _settings: &Settings) -> anyhow::Result<i32> {
-    anyhow::bail!("reconciliation is being integrated")
+/// `payrecon recon …`. A `run` downloads the bill from the gateways; in
+/// simulator mode that is the running daemon's simulator (it holds the
+/// payments), at `simulator.listen`. `report` and `list` need no gateway.
+pub async fn recon_command(command: ReconCommand, settings: &Settings) -> anyhow::Result<i32> {
+    let pool = crate::store::connect(&settings.database)
+        .await
+        .context("database")?;
+    let gateways = match &command {
+        ReconCommand::Run { bill_file, .. } => {
+            match build_gateways(
+                settings,
+                Some(&format!("http://{}", settings.simulator.listen)),
+            ) {
+                Ok(g) => g,
+                // A bill file can still be reconciled; only the repair of a
+                // status mismatch (which needs a gateway query) stays open.
+                Err(e) if bill_file.is_some() => {
+                    tracing::warn!(error = %e, "no gateway available; status mismatches will not be repaired");
+                    Default::default()
+                }
+                Err(e) => return Err(e).context("gateways"),
+            }
+        }
+        _ => Default::default(),
+    };
+    Ok(crate::cli::recon::run(
+        command,
+        ReconContext::from_settings(settings, pool, gateways),
+    )
+    .await)
 }
 
 /// `payrecon gateway-sim`: the simulator alone, until SIGINT/SIGTERM.
