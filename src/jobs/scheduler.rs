@@ -200,7 +200,9 @@ impl Scheduler {
 
     /// The start-up catch-up at `now`: runs the latest passed slot if no
     /// instance recorded it or anything newer. None when there was nothing
-    /// to catch up.
+    /// to catch up — including on the very first start: a job that never ran
+    /// anywhere was not "missed while the daemon was down", and a fresh
+    /// deployment should not reconcile a day nobody scheduled.
     pub async fn catch_up_now(
         &self,
         pool: &PgPool,
@@ -215,8 +217,10 @@ impl Scheduler {
             let mut conn = pool.acquire().await.map_err(StoreError::from)?;
             store::jobs::last_slot(&mut conn, &entry.name).await?
         };
-        if last.is_some_and(|last| last >= latest) {
-            return Ok(None);
+        match last {
+            None => return Ok(None),
+            Some(last) if last >= latest => return Ok(None),
+            Some(_) => {}
         }
         tracing::info!(job = %entry.name, slot = %latest, last_recorded = ?last, "catching up a missed slot");
         let outcome = self.slot_run(pool, entry).run(latest, now).await?;
