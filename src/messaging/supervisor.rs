@@ -52,6 +52,10 @@ pub struct Processors {
 /// hundred small requests commits in milliseconds.
 const MAX_BATCH: usize = 256;
 const BATCH_WAIT: Duration = Duration::from_millis(5);
+const FIRST_PAUSE: Duration = Duration::from_millis(200);
+/// Closing a session that failed must not hold up the reconnect when the
+/// socket is already gone.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 pub async fn supervise(
     amqp: AmqpSettings,
@@ -66,8 +70,9 @@ pub async fn supervise(
     wakers.extend(also_wake);
     let wakers: consumer::Wakers = Arc::new(wakers);
     let names = Names::new(&amqp.prefix);
-    let mut pause = Duration::from_millis(200);
+    let mut pause = FIRST_PAUSE;
     while !shutdown.is_cancelled() {
+        let mut established = false;
         match session(
             &amqp,
             &names,
@@ -77,12 +82,19 @@ pub async fn supervise(
             &wake,
             &wakers,
             &shutdown,
+            &mut established,
         )
         .await
         {
             Ok(()) => break,
             Err(e) => {
                 state.set(None).await;
+                if established {
+                    // A session that ran is a fresh outage, not the next
+                    // failure of a broker that is still away: reconnect soon
+                    // instead of after the backoff of outages long past.
+                    pause = FIRST_PAUSE;
+                }
                 tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "broker session ended; reconnecting");
                 metrics::counter!("payrecon_broker_reconnects_total").increment(1);
                 tokio::select! {
@@ -121,8 +133,12 @@ async fn session(
     wake: &Arc<Notify>,
     wakers: &consumer::Wakers,
     shutdown: &CancellationToken,
+    established: &mut bool,
 ) -> Result<(), SessionError> {
-    let props = ConnectionProperties::default().with_connection_name("payrecon".into());
+    // Named per prefix so ops (and the resilience tests) can tell which
+    // daemon a connection on a shared broker belongs to.
+    let props = ConnectionProperties::default()
+        .with_connection_name(format!("payrecon-{}", amqp.prefix).into());
     let conn = Connection::connect(amqp.url.expose(), props).await?;
     topology::declare(&conn.create_channel().await?, names).await?;
     let publisher = confirm_channel(&conn).await?;
@@ -156,6 +172,7 @@ async fn session(
         relay_done.clone(),
     );
     state.set(Some(publisher)).await;
+    *established = true;
     tracing::info!(prefix = %amqp.prefix, "connected to the broker; consuming");
     let consumers = async {
         tokio::try_join!(requests, notifications)?;
@@ -165,8 +182,9 @@ async fn session(
     };
     let result = tokio::try_join!(consumers, async { relay.await.map_err(SessionError::from) });
     state.set(None).await;
-    if result.is_ok() {
-        let _ = conn.close(200, "shutting down".into()).await;
-    }
+    // Also after a failure: when only a channel died, the connection would
+    // otherwise stay open and keep the old session's unacked deliveries
+    // from being requeued to the new one.
+    let _ = tokio::time::timeout(CLOSE_WAIT, conn.close(200, "session ended".into())).await;
     result.map(|_| ())
 }

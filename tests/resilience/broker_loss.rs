@@ -1,0 +1,40 @@
+use std::time::Duration;
+
+use payrecon::app::Daemon;
+
+use crate::common::{Broker, TestEnv};
+use crate::support::{
+    assert_each_once, close_daemon_connection, daemon_connection_pids, place_orders, wait_readyz,
+    ReadinessWatch,
+};
+
+/// The broker closes the daemon's connection twice in a row (as a broker
+/// restart would); requests keep arriving before, during and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_connection_loss_reconnects_and_loses_nothing() {
+    let env = TestEnv::new("rbroker");
+    let mut broker = Broker::connect(&env).await;
+    let daemon = Daemon::start(env.settings.clone())
+        .await
+        .expect("daemon starts");
+    let base = format!("http://{}", daemon.http_addr);
+    wait_readyz(&base, 200, 20).await;
+    let mut ids = place_orders(&broker, "before", 0..20, Duration::ZERO).await;
+    for round in 0..2 {
+        let watch = ReadinessWatch::start(base.clone());
+        let prefix = env.name.clone();
+        let closer = tokio::spawn(async move { close_daemon_connection(&prefix).await });
+        // rabbitmqctl takes a while to start: these straddle the close.
+        let tag = format!("during{round}");
+        ids.extend(place_orders(&broker, &tag, 0..40, Duration::from_millis(25)).await);
+        closer.await.expect("closer");
+        watch.wait_unready(15).await;
+        wait_readyz(&base, 200, 30).await;
+        assert!(watch.finish().await);
+    }
+    ids.extend(place_orders(&broker, "after", 0..20, Duration::ZERO).await);
+    assert_each_once(&env, &mut broker, &ids, false).await;
+    // The old connections are gone, not leaked beside the new one.
+    assert_eq!(daemon_connection_pids(&env.name).await.len(), 1);
+    daemon.stop().await;
+}

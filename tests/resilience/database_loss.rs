@@ -1,0 +1,67 @@
+use std::time::Duration;
+
+use payrecon::app::Daemon;
+
+use crate::common::{Broker, TestEnv};
+use crate::support::{
+    allow_connections, assert_each_once, pg_admin, place_orders, terminate_backends, wait_readyz,
+    ReadinessWatch,
+};
+
+/// Every session of the daemon's database is killed again and again while
+/// requests stream in: transactions die mid-batch, and yet each request ends
+/// with one order and one event, none dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_sessions_killed_midstream_lose_nothing() {
+    let env = TestEnv::new("rdbkill");
+    let mut broker = Broker::connect(&env).await;
+    let daemon = Daemon::start(env.settings.clone())
+        .await
+        .expect("daemon starts");
+    wait_readyz(&format!("http://{}", daemon.http_addr), 200, 20).await;
+    let admin = pg_admin().await;
+    let db = env.name.clone();
+    let killer = tokio::spawn(async move {
+        let mut killed = 0;
+        for _ in 0..12 {
+            killed += terminate_backends(&admin, &db).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        admin.close().await;
+        killed
+    });
+    let ids = place_orders(&broker, "kill", 0..150, Duration::from_millis(8)).await;
+    let killed = killer.await.expect("killer");
+    assert!(killed > 0, "no session of the daemon was ever killed");
+    assert_each_once(&env, &mut broker, &ids, false).await;
+    daemon.stop().await;
+}
+
+/// The database refuses every connection for a while: `/readyz` says 503,
+/// requests wait in the queue unacknowledged, and all go through once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_refusing_connections_is_unready_then_recovers() {
+    let env = TestEnv::new("rdbdown");
+    let mut broker = Broker::connect(&env).await;
+    let daemon = Daemon::start(env.settings.clone())
+        .await
+        .expect("daemon starts");
+    let base = format!("http://{}", daemon.http_addr);
+    wait_readyz(&base, 200, 20).await;
+    let mut ids = place_orders(&broker, "pre", 0..10, Duration::ZERO).await;
+    let admin = pg_admin().await;
+    allow_connections(&admin, &env.name, false).await;
+    terminate_backends(&admin, &env.name).await;
+    wait_readyz(&base, 503, 15).await;
+    let watch = ReadinessWatch::start(base.clone());
+    ids.extend(place_orders(&broker, "down", 0..30, Duration::from_millis(10)).await);
+    // Still down after the whole burst: readiness must not flap back to 200.
+    wait_readyz(&base, 503, 1).await;
+    allow_connections(&admin, &env.name, true).await;
+    wait_readyz(&base, 200, 30).await;
+    assert!(watch.finish().await);
+    ids.extend(place_orders(&broker, "post", 0..10, Duration::ZERO).await);
+    assert_each_once(&env, &mut broker, &ids, false).await;
+    admin.close().await;
+    daemon.stop().await;
+}
