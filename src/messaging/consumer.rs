@@ -111,6 +111,9 @@ pub async fn run(
             BasicCancelOptions::default(),
         )
         .await;
+    // Closed here, not left to lapin's close-on-drop: that one races the
+    // connection close that follows and logs a spurious connection error.
+    let _ = channel.close(200, "consumer stopped".into()).await;
     Ok(())
 }
 

@@ -171,7 +171,7 @@ async fn session(
         wake.clone(),
         relay_done.clone(),
     );
-    state.set(Some(publisher)).await;
+    state.set(Some(publisher.clone())).await;
     *established = true;
     tracing::info!(prefix = %amqp.prefix, "connected to the broker; consuming");
     let consumers = async {
@@ -182,6 +182,10 @@ async fn session(
     };
     let result = tokio::try_join!(consumers, async { relay.await.map_err(SessionError::from) });
     state.set(None).await;
+    if result.is_ok() {
+        // The relay has drained: close the publisher ourselves (see consumer::run).
+        let _ = publisher.close(200, "shutting down".into()).await;
+    }
     // Also after a failure: when only a channel died, the connection would
     // otherwise stay open and keep the old session's unacked deliveries
     // from being requeued to the new one.
