@@ -10,6 +10,8 @@ mod common;
 #[path = "resilience/support.rs"]
 mod support;
 
+#[path = "resilience/binary.rs"]
+mod binary;
 #[path = "resilience/broker_loss.rs"]
 mod broker_loss;
 #[path = "resilience/database_loss.rs"]

@@ -65,3 +65,32 @@ async fn database_refusing_connections_is_unready_then_recovers() {
     admin.close().await;
     daemon.stop().await;
 }
+
+/// A backlog waits in the queue before the daemon starts, so it is consumed
+/// in full batches (up to 256 requests in one transaction); the sessions are
+/// killed over and over while those transactions run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_killed_during_large_batches_loses_nothing() {
+    const N: usize = 600;
+    let env = TestEnv::new("rdbbatch");
+    let mut broker = Broker::connect(&env).await;
+    let ids = place_orders(&broker, "backlog", 0..N, Duration::ZERO).await;
+    let daemon = Daemon::start(env.settings.clone())
+        .await
+        .expect("daemon starts");
+    let admin = pg_admin().await;
+    let db = env.name.clone();
+    let killer = tokio::spawn(async move {
+        let mut killed = 0;
+        for _ in 0..40 {
+            killed += terminate_backends(&admin, &db).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        admin.close().await;
+        killed
+    });
+    let killed = killer.await.expect("killer");
+    assert!(killed > 0, "no session of the daemon was ever killed");
+    assert_each_once(&env, &mut broker, &ids, false).await;
+    daemon.stop().await;
+}
