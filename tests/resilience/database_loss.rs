@@ -94,3 +94,36 @@ async fn database_killed_during_large_batches_loses_nothing() {
     assert_each_once(&env, &mut broker, &ids, false).await;
     daemon.stop().await;
 }
+
+/// A daemon started while its database refuses connections waits for it
+/// (instead of failing), then starts and processes what queued up meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_waits_for_a_database_that_refuses_connections() {
+    let env = TestEnv::new("rdbstart");
+    let mut broker = Broker::connect(&env).await;
+    let admin = pg_admin().await;
+    sqlx::query(&format!("CREATE DATABASE \"{}\"", env.name))
+        .execute(&admin)
+        .await
+        .expect("create database");
+    allow_connections(&admin, &env.name, false).await;
+    let ids = place_orders(&broker, "early", 0..20, Duration::ZERO).await;
+    let settings = env.settings.clone();
+    let mut starting = tokio::spawn(async move { Daemon::start(settings).await });
+    // Still waiting a good while later: neither started nor failed.
+    let early = tokio::time::timeout(Duration::from_millis(1500), &mut starting).await;
+    assert!(
+        early.is_err(),
+        "start returned while the database refused connections"
+    );
+    allow_connections(&admin, &env.name, true).await;
+    admin.close().await;
+    let daemon = tokio::time::timeout(Duration::from_secs(30), starting)
+        .await
+        .expect("started within 30s of the database coming back")
+        .expect("start task")
+        .expect("daemon starts");
+    wait_readyz(&format!("http://{}", daemon.http_addr), 200, 20).await;
+    assert_each_once(&env, &mut broker, &ids, true).await;
+    daemon.stop().await;
+}
