@@ -10,7 +10,9 @@ use tokio::time::Instant;
 
 use crate::common::{place_data, Broker, TestEnv, AMQP};
 use crate::shutdown::count;
-use crate::support::{assert_each_once, daemon_connection_pids, place_orders, run_cmd};
+use crate::support::{
+    allow_connections, assert_each_once, daemon_connection_pids, pg_admin, place_orders, run_cmd,
+};
 
 fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -52,10 +54,28 @@ impl Running {
 /// Starts `payrecon run` on the test's database and prefix and waits until
 /// `/readyz` says 200.
 async fn start_binary(env: &TestEnv) -> Running {
+    let (mut running, http) = spawn_binary(env);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while reqwest::get(format!("http://{http}/readyz"))
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        if let Ok(Some(status)) = running.child.try_wait() {
+            panic!("payrecon run exited early ({status}):\n{}", running.log());
+        }
+        assert!(Instant::now() < deadline, "never ready:\n{}", running.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    running
+}
+
+/// Starts `payrecon run`; returns it and its HTTP address.
+fn spawn_binary(env: &TestEnv) -> (Running, String) {
     let http = format!("127.0.0.1:{}", free_port());
     let log = env.keys_dir.path().join("daemon.log");
     let log_file = std::fs::File::create(&log).expect("log file");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_payrecon"))
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_payrecon"))
         .arg("run")
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env(
@@ -75,20 +95,7 @@ async fn start_binary(env: &TestEnv) -> Running {
         .kill_on_drop(true)
         .spawn()
         .expect("spawn payrecon run");
-    let show_log = || std::fs::read_to_string(&log).unwrap_or_default();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while reqwest::get(format!("http://{http}/readyz"))
-        .await
-        .map(|r| r.status() != 200)
-        .unwrap_or(true)
-    {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("payrecon run exited early ({status}):\n{}", show_log());
-        }
-        assert!(Instant::now() < deadline, "never ready:\n{}", show_log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Running { child, log }
+    (Running { child, log }, http)
 }
 
 /// SIGTERM in the middle of a burst: exit 0, the outbox drained, the broker
@@ -145,4 +152,30 @@ async fn binary_exits_zero_on_sigint() {
     assert_eq!(created["request_id"], "bin-1");
     assert_eq!(running.signal_and_wait("-INT").await, Some(0));
     assert!(daemon_connection_pids(&env.name).await.is_empty());
+}
+
+/// SIGTERM while the daemon still waits for a database that refuses
+/// connections: there is nothing to settle, and it exits 0 at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_waiting_for_the_database_exits_zero_on_sigterm() {
+    let env = TestEnv::new("rbinwait");
+    let admin = pg_admin().await;
+    sqlx::query(&format!("CREATE DATABASE \"{}\"", env.name))
+        .execute(&admin)
+        .await
+        .expect("create database");
+    allow_connections(&admin, &env.name, false).await;
+    let (running, _) = spawn_binary(&env);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !running.log().contains("database unavailable") {
+        assert!(
+            Instant::now() < deadline,
+            "never tried the database:\n{}",
+            running.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(running.signal_and_wait("-TERM").await, Some(0));
+    allow_connections(&admin, &env.name, true).await;
+    admin.close().await;
 }
