@@ -7,6 +7,8 @@
 
 mod common;
 
+#[path = "resilience/proxy.rs"]
+mod proxy;
 #[path = "resilience/support.rs"]
 mod support;
 

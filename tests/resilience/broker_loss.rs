@@ -1,8 +1,11 @@
 use std::time::Duration;
 
 use payrecon::app::Daemon;
+use payrecon::config::Secret;
+use tokio::time::Instant;
 
 use crate::common::{Broker, TestEnv};
+use crate::proxy::Proxy;
 use crate::support::{
     assert_each_once, close_daemon_connection, daemon_connection_pids, place_orders, wait_readyz,
     ReadinessWatch,
@@ -36,5 +39,43 @@ async fn broker_connection_loss_reconnects_and_loses_nothing() {
     assert_each_once(&env, &mut broker, &ids, false).await;
     // The old connections are gone, not leaked beside the new one.
     assert_eq!(daemon_connection_pids(&env.name).await.len(), 1);
+    daemon.stop().await;
+}
+
+/// The network between the daemon and the broker goes away for a while
+/// (sockets reset, reconnects refused): `/readyz` stays 503 for the whole
+/// outage, and once the network is back the daemon reconnects by itself and
+/// processes what was published meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_unreachable_for_a_while_is_unready_then_recovers() {
+    let env = TestEnv::new("rbrnet");
+    let mut broker = Broker::connect(&env).await;
+    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let mut settings = env.settings.clone();
+    settings.amqp.url = Secret(proxy.amqp_url());
+    let daemon = Daemon::start(settings).await.expect("daemon starts");
+    let base = format!("http://{}", daemon.http_addr);
+    wait_readyz(&base, 200, 20).await;
+    let mut ids = place_orders(&broker, "before", 0..20, Duration::ZERO).await;
+    proxy.cut();
+    wait_readyz(&base, 503, 10).await;
+    ids.extend(place_orders(&broker, "during", 0..30, Duration::ZERO).await);
+    // Unready throughout: the reconnect attempts fail and say so.
+    let client = reqwest::Client::new();
+    let until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < until {
+        let status = client
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .expect("readyz")
+            .status();
+        assert_eq!(status, 503, "ready while the broker is unreachable");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    proxy.restore();
+    wait_readyz(&base, 200, 30).await;
+    ids.extend(place_orders(&broker, "after", 0..20, Duration::ZERO).await);
+    assert_each_once(&env, &mut broker, &ids, false).await;
     daemon.stop().await;
 }
