@@ -83,6 +83,10 @@ pub async fn run(
         .await?;
     loop {
         let first = tokio::select! {
+            // Shutdown first: with prefetched deliveries always ready, an
+            // unbiased select would keep taking whole batches after a stop
+            // half of the time, each one more round.
+            biased;
             _ = shutdown.cancelled() => break,
             next = stream.next() => next,
         };

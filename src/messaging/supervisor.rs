@@ -70,22 +70,20 @@ pub async fn supervise(
     wakers.extend(also_wake);
     let wakers: consumer::Wakers = Arc::new(wakers);
     let names = Names::new(&amqp.prefix);
+    let shared = Shared {
+        amqp: &amqp,
+        names: &names,
+        pool: &pool,
+        processors: &processors,
+        state: &state,
+        wake: &wake,
+        wakers: &wakers,
+        shutdown: &shutdown,
+    };
     let mut pause = FIRST_PAUSE;
     while !shutdown.is_cancelled() {
         let mut established = false;
-        match session(
-            &amqp,
-            &names,
-            &pool,
-            &processors,
-            &state,
-            &wake,
-            &wakers,
-            &shutdown,
-            &mut established,
-        )
-        .await
-        {
+        match session(&shared, &mut established).await {
             Ok(()) => break,
             Err(e) => {
                 state.set(None).await;
@@ -124,17 +122,31 @@ async fn confirm_channel(conn: &Connection) -> Result<Channel, lapin::Error> {
     Ok(ch)
 }
 
-async fn session(
-    amqp: &AmqpSettings,
-    names: &Names,
-    pool: &PgPool,
-    processors: &Processors,
-    state: &BrokerState,
-    wake: &Arc<Notify>,
-    wakers: &consumer::Wakers,
-    shutdown: &CancellationToken,
-    established: &mut bool,
-) -> Result<(), SessionError> {
+/// What every session borrows from the supervisor.
+struct Shared<'a> {
+    amqp: &'a AmqpSettings,
+    names: &'a Names,
+    pool: &'a PgPool,
+    processors: &'a Processors,
+    state: &'a BrokerState,
+    wake: &'a Arc<Notify>,
+    wakers: &'a consumer::Wakers,
+    shutdown: &'a CancellationToken,
+}
+
+/// One connection's life. `established` is set once it consumes, so the
+/// supervisor can tell a new outage from a broker that never came back.
+async fn session(shared: &Shared<'_>, established: &mut bool) -> Result<(), SessionError> {
+    let Shared {
+        amqp,
+        names,
+        pool,
+        processors,
+        state,
+        wake,
+        wakers,
+        shutdown,
+    } = *shared;
     // Named per prefix so ops (and the resilience tests) can tell which
     // daemon a connection on a shared broker belongs to.
     let props = ConnectionProperties::default()

@@ -45,6 +45,7 @@ async fn stop_mid_burst_then_restart_processes_each_request_once() {
 
     // The stop was clean: what was committed is published, the connection closed.
     let done = count(&pool, "SELECT count(*) FROM orders").await;
+    eprintln!("the first daemon processed {done} of {N}");
     assert!(
         done > 0 && done < N as i64,
         "stop was not mid-burst: {done} of {N}"
