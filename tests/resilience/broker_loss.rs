@@ -1,5 +1,7 @@
 use std::time::Duration;
 
+use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
 use payrecon::app::Daemon;
 use payrecon::config::Secret;
 use tokio::time::Instant;
@@ -77,5 +79,74 @@ async fn broker_unreachable_for_a_while_is_unready_then_recovers() {
     wait_readyz(&base, 200, 30).await;
     ids.extend(place_orders(&broker, "after", 0..20, Duration::ZERO).await);
     assert_each_once(&env, &mut broker, &ids, false).await;
+    daemon.stop().await;
+}
+
+/// Whether `queue` exists, asked on a throwaway channel (a passive declare
+/// of a missing queue closes the channel it was sent on).
+async fn queue_exists(broker: &Broker, queue: &str) -> bool {
+    let Ok(ch) = broker.conn.create_channel().await else {
+        return false;
+    };
+    let opts = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let exists = ch
+        .queue_declare(queue.into(), opts, FieldTable::default())
+        .await
+        .is_ok();
+    let _ = ch.close(200, "probe".into()).await;
+    exists
+}
+
+/// The requests queue is deleted under the running daemon (an operator's
+/// slip, a broker that lost its definitions): the server cancels the
+/// consumer, the daemon rebuilds the session and the topology, and
+/// consumes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_requests_queue_is_redeclared_and_consumed() {
+    let env = TestEnv::new("rbrdel");
+    let mut broker = Broker::connect(&env).await;
+    let daemon = Daemon::start(env.settings.clone())
+        .await
+        .expect("daemon starts");
+    wait_readyz(&format!("http://{}", daemon.http_addr), 200, 20).await;
+    let mut ids = place_orders(&broker, "before", 0..10, Duration::ZERO).await;
+    let orders = {
+        let pool = sqlx::PgPool::connect(env.settings.database.url.expose())
+            .await
+            .expect("test db");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+                .fetch_one(&pool)
+                .await
+                .expect("count");
+            if n == ids.len() as i64 {
+                break pool;
+            }
+            assert!(Instant::now() < deadline, "first requests not processed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    orders.close().await;
+    let requests = broker.names.requests.clone();
+    let ch = broker.conn.create_channel().await.expect("channel");
+    ch.queue_delete(requests.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .expect("delete queue");
+    let _ = ch.close(200, "done".into()).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !queue_exists(&broker, &requests).await {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon never declared its requests queue again"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ids.extend(place_orders(&broker, "after", 0..20, Duration::ZERO).await);
+    assert_each_once(&env, &mut broker, &ids, false).await;
+    assert_eq!(daemon_connection_pids(&env.name).await.len(), 1);
     daemon.stop().await;
 }
