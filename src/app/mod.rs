@@ -113,8 +113,18 @@ pub fn metrics_handle() -> PrometheusHandle {
 }
 
 async fn run_until_signal(settings: Settings) -> anyhow::Result<()> {
-    let daemon = Daemon::start(settings).await?;
-    wait_for_signal().await;
+    // Listening from the start: a daemon still waiting for its database must
+    // stop on a signal too, and exit 0, since it holds nothing to settle.
+    let signal = wait_for_signal();
+    tokio::pin!(signal);
+    let daemon = tokio::select! {
+        started = Daemon::start(settings) => started?,
+        _ = &mut signal => {
+            tracing::info!("signal received while starting; exiting");
+            return Ok(());
+        }
+    };
+    signal.await;
     tracing::info!("signal received; shutting down");
     daemon.stop().await;
     Ok(())

@@ -83,6 +83,10 @@ pub async fn run(
         .await?;
     loop {
         let first = tokio::select! {
+            // Shutdown first: with prefetched deliveries always ready, an
+            // unbiased select would keep taking whole batches after a stop
+            // half of the time, each one more round.
+            biased;
             _ = shutdown.cancelled() => break,
             next = stream.next() => next,
         };
@@ -111,6 +115,9 @@ pub async fn run(
             BasicCancelOptions::default(),
         )
         .await;
+    // Closed here, not left to lapin's close-on-drop: that one races the
+    // connection close that follows and logs a spurious connection error.
+    let _ = channel.close(200, "consumer stopped".into()).await;
     Ok(())
 }
 

@@ -52,6 +52,10 @@ pub struct Processors {
 /// hundred small requests commits in milliseconds.
 const MAX_BATCH: usize = 256;
 const BATCH_WAIT: Duration = Duration::from_millis(5);
+const FIRST_PAUSE: Duration = Duration::from_millis(200);
+/// Closing a session that failed must not hold up the reconnect when the
+/// socket is already gone.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 pub async fn supervise(
     amqp: AmqpSettings,
@@ -66,23 +70,29 @@ pub async fn supervise(
     wakers.extend(also_wake);
     let wakers: consumer::Wakers = Arc::new(wakers);
     let names = Names::new(&amqp.prefix);
-    let mut pause = Duration::from_millis(200);
+    let shared = Shared {
+        amqp: &amqp,
+        names: &names,
+        pool: &pool,
+        processors: &processors,
+        state: &state,
+        wake: &wake,
+        wakers: &wakers,
+        shutdown: &shutdown,
+    };
+    let mut pause = FIRST_PAUSE;
     while !shutdown.is_cancelled() {
-        match session(
-            &amqp,
-            &names,
-            &pool,
-            &processors,
-            &state,
-            &wake,
-            &wakers,
-            &shutdown,
-        )
-        .await
-        {
+        let mut established = false;
+        match session(&shared, &mut established).await {
             Ok(()) => break,
             Err(e) => {
                 state.set(None).await;
+                if established {
+                    // A session that ran is a fresh outage, not the next
+                    // failure of a broker that is still away: reconnect soon
+                    // instead of after the backoff of outages long past.
+                    pause = FIRST_PAUSE;
+                }
                 tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "broker session ended; reconnecting");
                 metrics::counter!("payrecon_broker_reconnects_total").increment(1);
                 tokio::select! {
@@ -112,17 +122,35 @@ async fn confirm_channel(conn: &Connection) -> Result<Channel, lapin::Error> {
     Ok(ch)
 }
 
-async fn session(
-    amqp: &AmqpSettings,
-    names: &Names,
-    pool: &PgPool,
-    processors: &Processors,
-    state: &BrokerState,
-    wake: &Arc<Notify>,
-    wakers: &consumer::Wakers,
-    shutdown: &CancellationToken,
-) -> Result<(), SessionError> {
-    let props = ConnectionProperties::default().with_connection_name("payrecon".into());
+/// What every session borrows from the supervisor.
+struct Shared<'a> {
+    amqp: &'a AmqpSettings,
+    names: &'a Names,
+    pool: &'a PgPool,
+    processors: &'a Processors,
+    state: &'a BrokerState,
+    wake: &'a Arc<Notify>,
+    wakers: &'a consumer::Wakers,
+    shutdown: &'a CancellationToken,
+}
+
+/// One connection's life. `established` is set once it consumes, so the
+/// supervisor can tell a new outage from a broker that never came back.
+async fn session(shared: &Shared<'_>, established: &mut bool) -> Result<(), SessionError> {
+    let Shared {
+        amqp,
+        names,
+        pool,
+        processors,
+        state,
+        wake,
+        wakers,
+        shutdown,
+    } = *shared;
+    // Named per prefix so ops (and the resilience tests) can tell which
+    // daemon a connection on a shared broker belongs to.
+    let props = ConnectionProperties::default()
+        .with_connection_name(format!("payrecon-{}", amqp.prefix).into());
     let conn = Connection::connect(amqp.url.expose(), props).await?;
     topology::declare(&conn.create_channel().await?, names).await?;
     let publisher = confirm_channel(&conn).await?;
@@ -157,7 +185,8 @@ async fn session(
         wake.clone(),
         relay_done.clone(),
     );
-    state.set(Some(publisher)).await;
+    state.set(Some(publisher.clone())).await;
+    *established = true;
     tracing::info!(prefix = %amqp.prefix, "connected to the broker; consuming");
     let consumers = async {
         tokio::try_join!(requests, notifications)?;
@@ -168,7 +197,12 @@ async fn session(
     let result = tokio::try_join!(consumers, async { relay.await.map_err(SessionError::from) });
     state.set(None).await;
     if result.is_ok() {
-        let _ = conn.close(200, "shutting down".into()).await;
+        // The relay has drained: close the publisher ourselves (see consumer::run).
+        let _ = publisher.close(200, "shutting down".into()).await;
     }
+    // Also after a failure: when only a channel died, the connection would
+    // otherwise stay open and keep the old session's unacked deliveries
+    // from being requeued to the new one.
+    let _ = tokio::time::timeout(CLOSE_WAIT, conn.close(200, "session ended".into())).await;
     result.map(|_| ())
 }
