@@ -14,7 +14,13 @@ pub async fn healthz() -> &'static str {
 /// Ready only while both PostgreSQL and RabbitMQ are reachable: a balancer
 /// sends no notifications to an instance that could not enqueue them.
 pub async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
-    let db = sqlx::query("SELECT 1").execute(&s.pool).await.is_ok();
+    // Bounded: a probe must answer quickly, and a pool busy with work is
+    // not a database that is down (acquiring waits for a free connection).
+    let probe = sqlx::query("SELECT 1").execute(&s.pool);
+    let db = matches!(
+        tokio::time::timeout(std::time::Duration::from_secs(2), probe).await,
+        Ok(Ok(_))
+    );
     let broker = s.broker.is_ready();
     let status = if db && broker {
         StatusCode::OK
