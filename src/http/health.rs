@@ -14,8 +14,8 @@ pub async fn healthz() -> &'static str {
 /// Ready only while both PostgreSQL and RabbitMQ are reachable: a balancer
 /// sends no notifications to an instance that could not enqueue them.
 pub async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
-    // Bounded: a probe must answer quickly, and a pool busy with work is
-    // not a database that is down (acquiring waits for a free connection).
+    // Bounded: a probe must answer within a balancer's timeout even when the
+    // database hangs instead of refusing.
     let probe = sqlx::query("SELECT 1").execute(&s.pool);
     let db = matches!(
         tokio::time::timeout(std::time::Duration::from_secs(2), probe).await,
