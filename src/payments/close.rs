@@ -43,21 +43,7 @@ pub(super) async fn attempt(p: &Payments, task: &Task) -> Result<Step, StoreErro
             Ok(Step::Done)
         }
         Ok(CloseOutcome::AlreadyPaid(status)) => {
-            let payment = payment_from(
-                order.payment_method,
-                &order.out_trade_no(),
-                &status,
-                order.total_amount,
-            );
-            let mut tx = p.pool.begin().await?;
-            confirm_payment(
-                &mut tx,
-                &payment,
-                PaidSource::Query,
-                task.request_id.as_deref(),
-            )
-            .await?;
-            tx.commit().await?;
+            confirm_from_query(p, &order, &status, task).await?;
             Ok(Step::Done)
         }
         Err(e) if e.is_retryable() && !p.is_last_attempt(task) => Ok(Step::Retry(e.to_string())),
@@ -79,6 +65,32 @@ pub(crate) fn payment_from(
         amount: status.amount.unwrap_or(fallback_amount),
         paid_at: status.paid_at.unwrap_or_else(Utc::now),
     }
+}
+
+/// The gateway said the order is paid: confirm it (the same checks as a
+/// notification: amount equal to the total, order still pending).
+pub(crate) async fn confirm_from_query(
+    p: &Payments,
+    order: &crate::domain::Order,
+    status: &PaymentStatus,
+    task: &Task,
+) -> Result<(), StoreError> {
+    let payment = payment_from(
+        order.payment_method,
+        &order.out_trade_no(),
+        status,
+        order.total_amount,
+    );
+    let mut tx = p.pool.begin().await?;
+    confirm_payment(
+        &mut tx,
+        &payment,
+        PaidSource::Query,
+        task.request_id.as_deref(),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
 }
 
 async fn cancel_order(

@@ -5,12 +5,11 @@
 
 use serde_json::json;
 
-use super::close::payment_from;
+use super::close::confirm_from_query;
 use super::{Payments, Step};
 use crate::domain::{Order, OrderStatus, PaymentState};
 use crate::gateway::{GatewayError, PrepayRequest, TradeState};
 use crate::messaging::contracts::Event;
-use crate::store::payments::{confirm_payment, PaidSource};
 use crate::store::tasks::Task;
 use crate::store::{orders, outbox, StoreError};
 
@@ -39,21 +38,7 @@ pub(super) async fn attempt(p: &Payments, task: &Task) -> Result<Step, StoreErro
     if task.attempt > 0 {
         match gateway.query(&order.out_trade_no()).await {
             Ok(status) if status.state == TradeState::Paid => {
-                let payment = payment_from(
-                    order.payment_method,
-                    &order.out_trade_no(),
-                    &status,
-                    order.total_amount,
-                );
-                let mut tx = p.pool.begin().await?;
-                confirm_payment(
-                    &mut tx,
-                    &payment,
-                    PaidSource::Query,
-                    task.request_id.as_deref(),
-                )
-                .await?;
-                tx.commit().await?;
+                confirm_from_query(p, &order, &status, task).await?;
                 return Ok(Step::Done);
             }
             Ok(status) if status.state == TradeState::Closed => {
