@@ -257,6 +257,15 @@ impl Daemon {
     }
 }
 
+/// A daemon dropped without `stop` (a test that panicked, say) still stops:
+/// otherwise its broker supervisor would outlive its owner and re-declare
+/// queues that the owner is cleaning up.
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
 /// In simulator mode the in-process simulator must call back this very
 /// daemon, wherever it listens; in live mode the configured URL is public.
 fn notify_urls(settings: &Settings, http_addr: SocketAddr) -> HashMap<Channel, String> {

@@ -82,6 +82,14 @@ impl Drop for TestEnv {
 }
 
 async fn cleanup(name: &str) {
+    // Twice: a daemon dropped mid-test (a failed assertion) stops
+    // asynchronously and may re-declare its topology once more first.
+    cleanup_once(name).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cleanup_once(name).await;
+}
+
+async fn cleanup_once(name: &str) {
     if let Ok(conn) = Connection::connect(AMQP, ConnectionProperties::default()).await {
         let n = payrecon::messaging::topology::Names::new(name);
         for q in [
