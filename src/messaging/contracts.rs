@@ -41,14 +41,24 @@ impl Event {
     }
 
     pub fn to_json(&self) -> String {
-        json!({
-            "event_id": self.event_id,
-            "type": self.kind,
-            "occurred_at": rfc3339(self.occurred_at),
-            "request_id": self.request_id,
-            "data": self.data,
-        })
-        .to_string()
+        // Serialized from borrowed fields: no copy of `data` on the hot path.
+        #[derive(Serialize)]
+        struct Wire<'a> {
+            event_id: &'a Uuid,
+            #[serde(rename = "type")]
+            kind: &'a str,
+            occurred_at: String,
+            request_id: &'a Option<String>,
+            data: &'a Value,
+        }
+        let wire = Wire {
+            event_id: &self.event_id,
+            kind: &self.kind,
+            occurred_at: rfc3339(self.occurred_at),
+            request_id: &self.request_id,
+            data: &self.data,
+        };
+        serde_json::to_string(&wire).unwrap_or_default()
     }
 }
 
