@@ -9,7 +9,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use chrono::Utc;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -213,7 +212,6 @@ impl Daemon {
             shutdown.clone(),
         ));
         tasks.spawn(payments.clone().run(wake_payments, shutdown.clone()));
-        tasks.spawn(prune_outbox(pool.clone(), shutdown.clone()));
         wiring::spawn_jobs(&settings, &pool, &gateways, &mut tasks, &shutdown)?;
         let state = http::HttpState {
             pool: pool.clone(),
@@ -311,21 +309,6 @@ async fn connect_with_retry(
                 }
                 pause = (pause * 2).min(Duration::from_secs(10));
             }
-        }
-    }
-}
-
-/// Published events are kept a day for inspection, then removed.
-async fn prune_outbox(pool: PgPool, shutdown: CancellationToken) {
-    loop {
-        if let Ok(mut conn) = pool.acquire().await {
-            let _ =
-                store::outbox::prune_published(&mut conn, Utc::now() - chrono::Duration::days(1))
-                    .await;
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(Duration::from_secs(600)) => {}
         }
     }
 }

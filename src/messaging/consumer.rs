@@ -4,6 +4,7 @@
 //! acknowledges the whole batch with one `multiple` ack. A crash anywhere
 //! before the ack redelivers the batch; the inbox makes the replay a no-op.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,6 +37,14 @@ pub enum ProcessError {
 #[async_trait]
 pub trait BatchProcessor: Send + Sync {
     async fn process(&self, batch: &[Delivery]) -> Result<BatchResult, ProcessError>;
+
+    /// What the batch's requests touch (e.g. order ids). A batch may be
+    /// processed while the previous one is still committing only if their
+    /// keys are disjoint; otherwise it waits, so a request always sees the
+    /// effects of the requests before it. `None`: always wait.
+    fn conflict_keys(&self, _batch: &[Delivery]) -> Option<HashSet<String>> {
+        None
+    }
 }
 
 /// Who to wake after a batch committed (the outbox relay, the payments runner).
@@ -57,6 +66,8 @@ pub enum ConsumerError {
     DeadLetter(#[from] publisher::PublishError),
     #[error("the consumer stream ended (channel or connection closed)")]
     StreamEnded,
+    #[error("batch worker failed: {0}")]
+    Worker(String),
 }
 
 /// Consumes until `shutdown` (Ok) or until the broker side fails (Err, so the
@@ -81,6 +92,10 @@ pub async fn run(
             FieldTable::default(),
         )
         .await?;
+    // At most two batches at once: the older one committing while the newer
+    // one runs its statements. Settled (dead letters, ack) strictly in order.
+    let mut inflight: Option<InFlight> = None;
+    let mut abandoned = false;
     loop {
         let first = tokio::select! {
             // Shutdown first: with prefetched deliveries always ready, an
@@ -88,6 +103,13 @@ pub async fn run(
             // half of the time, each one more round.
             biased;
             _ = shutdown.cancelled() => break,
+            joined = join(&mut inflight) => {
+                let Some(done) = inflight.take() else { continue };
+                if !finish(&channel, &spec, done, joined, &committed).await? {
+                    break;
+                }
+                continue;
+            }
             next = stream.next() => next,
         };
         let mut batch = vec![first.ok_or(ConsumerError::StreamEnded)??];
@@ -99,13 +121,51 @@ pub async fn run(
                 Err(_) => break,
             }
         }
-        let Some(result) = process_with_retry(processor.as_ref(), &batch, &shutdown).await else {
-            // Shut down while the database was away: nothing committed, nothing
-            // acknowledged; the broker requeues the batch when the channel closes.
-            break;
+        let keys = processor.conflict_keys(&batch);
+        let independent = match (&inflight, &keys) {
+            (Some(f), Some(k)) => f.keys.as_ref().is_some_and(|fk| fk.is_disjoint(k)),
+            (None, _) => true,
+            _ => false,
         };
-        settle(&channel, &spec, &batch, result).await?;
-        committed.iter().for_each(|w| w.notify_one());
+        if !independent {
+            if let Some(mut older) = inflight.take() {
+                let joined = older.handle_result().await;
+                if !finish(&channel, &spec, older, joined, &committed).await? {
+                    break;
+                }
+            }
+        }
+        let batch = Arc::new(batch);
+        let handle = tokio::spawn(process_with_retry(
+            processor.clone(),
+            batch.clone(),
+            shutdown.clone(),
+        ));
+        if let Some(mut older) = inflight.take() {
+            let joined = older.handle_result().await;
+            if !finish(&channel, &spec, older, joined, &committed).await? {
+                // The older batch was not committed: a multiple ack of the
+                // newer one would cover it too, so the newer is not settled.
+                abandoned = true;
+                inflight = Some(InFlight {
+                    batch,
+                    keys,
+                    handle,
+                });
+                break;
+            }
+        }
+        inflight = Some(InFlight {
+            batch,
+            keys,
+            handle,
+        });
+    }
+    if let Some(mut last) = inflight.take() {
+        let joined = last.handle_result().await;
+        if !abandoned {
+            finish(&channel, &spec, last, joined, &committed).await?;
+        }
     }
     // Stop deliveries; whatever was prefetched but not processed is requeued
     // by the broker when the channel closes.
@@ -121,14 +181,56 @@ pub async fn run(
     Ok(())
 }
 
+struct InFlight {
+    batch: Arc<Vec<Delivery>>,
+    keys: Option<HashSet<String>>,
+    handle: tokio::task::JoinHandle<Option<BatchResult>>,
+}
+
+type Joined = Result<Option<BatchResult>, tokio::task::JoinError>;
+
+impl InFlight {
+    async fn handle_result(&mut self) -> Joined {
+        (&mut self.handle).await
+    }
+}
+
+/// Completes when the batch in flight has been processed (never, if none).
+async fn join(inflight: &mut Option<InFlight>) -> Joined {
+    match inflight {
+        Some(f) => f.handle_result().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Settles a processed batch. False: it was not processed because of a
+/// shutdown during a database outage (nothing committed, nothing acked).
+async fn finish(
+    channel: &Channel,
+    spec: &ConsumerSpec,
+    done: InFlight,
+    joined: Joined,
+    committed: &Wakers,
+) -> Result<bool, ConsumerError> {
+    match joined {
+        Ok(Some(result)) => {
+            settle(channel, spec, &done.batch, result).await?;
+            committed.iter().for_each(|w| w.notify_one());
+            Ok(true)
+        }
+        Ok(None) => Ok(false),
+        Err(e) => Err(ConsumerError::Worker(e.to_string())),
+    }
+}
+
 async fn process_with_retry(
-    processor: &dyn BatchProcessor,
-    batch: &[Delivery],
-    shutdown: &CancellationToken,
+    processor: Arc<dyn BatchProcessor>,
+    batch: Arc<Vec<Delivery>>,
+    shutdown: CancellationToken,
 ) -> Option<BatchResult> {
     let mut pause = Duration::from_millis(100);
     loop {
-        match processor.process(batch).await {
+        match processor.process(&batch).await {
             Ok(result) => return Some(result),
             Err(ProcessError::Transient(why)) => {
                 tracing::warn!(error = %why, batch = batch.len(), "batch not committed, will retry");

@@ -27,8 +27,33 @@ fn transient(e: impl std::fmt::Display) -> ProcessError {
     ProcessError::Transient(e.to_string())
 }
 
+/// Just enough of a request to know which order it touches.
+#[derive(serde::Deserialize)]
+struct KeyProbe {
+    data: Option<KeyData>,
+}
+
+#[derive(serde::Deserialize)]
+struct KeyData {
+    order_id: Option<serde_json::Value>,
+}
+
 #[async_trait]
 impl BatchProcessor for RequestProcessor {
+    /// The orders a batch names. Requests without an order id (a place with
+    /// a generated id, recon.run, unparsable bodies) conflict with nothing;
+    /// a repeated request id is serialized by the inbox's unique index.
+    fn conflict_keys(&self, batch: &[Delivery]) -> Option<std::collections::HashSet<String>> {
+        Some(
+            batch
+                .iter()
+                .filter_map(|d| serde_json::from_slice::<KeyProbe>(&d.data).ok())
+                .filter_map(|p| p.data.and_then(|d| d.order_id))
+                .map(|id| id.to_string())
+                .collect(),
+        )
+    }
+
     async fn process(&self, batch: &[Delivery]) -> Result<BatchResult, ProcessError> {
         let parsed: Vec<Result<Envelope<Request>, Invalid>> =
             batch.iter().map(|d| parse_request(&d.data)).collect();
