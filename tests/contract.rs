@@ -141,6 +141,8 @@ async fn orders_and_recon_need_the_token_when_set() {
         let wrong = http.get(url).bearer_auth("nope").send().await.unwrap();
         assert_eq!(wrong.status(), 401, "{url} with a wrong token");
     }
+    // A fresh installation reconciles nothing by itself at start-up.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     let ok = http
         .get(format!("{base}/recon/runs"))
         .bearer_auth("s3cret")
@@ -148,6 +150,8 @@ async fn orders_and_recon_need_the_token_when_set() {
         .await
         .unwrap();
     assert_eq!(ok.status(), 200);
+    let runs: Value = ok.json().await.unwrap();
+    assert_eq!(runs, json!([]));
     let missing = http.get(&order).bearer_auth("s3cret").send().await.unwrap();
     assert_eq!(missing.status(), 404);
     // Health and metrics stay open.
