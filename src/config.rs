@@ -235,19 +235,24 @@ impl Settings {
                     .merge(Toml::file("config/local.toml"))
             }
         }
-        fig = fig
-            .merge(
-                Env::raw()
-                    .only(&["DATABASE_URL"])
-                    .map(|_| "database.url".into()),
-            )
-            .merge(Env::raw().only(&["AMQP_URL"]).map(|_| "amqp.url".into()))
-            .merge(
-                Env::prefixed("PAYRECON__")
-                    .split("__")
-                    .map(|k| k.as_str().to_lowercase().into()),
-            );
-        let settings: Settings = fig.extract().map_err(Box::new)?;
+        fig = merge_env_strings(
+            fig,
+            Env::raw()
+                .only(&["DATABASE_URL"])
+                .map(|_| "database.url".into()),
+        );
+        fig = merge_env_strings(
+            fig,
+            Env::raw().only(&["AMQP_URL"]).map(|_| "amqp.url".into()),
+        );
+        fig = merge_env_strings(
+            fig,
+            Env::prefixed("PAYRECON__")
+                .split("__")
+                .map(|k| k.as_str().to_lowercase().into()),
+        );
+        // Lossy: numbers and booleans may arrive as strings from the environment.
+        let settings: Settings = fig.extract_lossy().map_err(Box::new)?;
         settings.validate()?;
         Ok(settings)
     }
@@ -355,6 +360,16 @@ impl Settings {
             Channel::Alipay => self.gateways.alipay.enabled,
         }
     }
+}
+
+/// Merges environment variables as plain strings. figment's `Env` would
+/// guess types, so `PAYRECON__HTTP__API_TOKEN=123456` or a numeric mchid
+/// became a number that a string key then refused; `extract_lossy` turns the
+/// strings back into numbers and booleans where a key wants one.
+fn merge_env_strings(fig: Figment, env: Env) -> Figment {
+    env.iter().fold(fig, |fig, (key, value)| {
+        fig.merge(Serialized::default(key.as_str(), value))
+    })
 }
 
 /// "+08:00", "-05:30", "Z" or "UTC".

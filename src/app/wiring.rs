@@ -58,12 +58,18 @@ async fn start_simulator(
         .context("simulator")?)
 }
 
+/// What runs `recon.run` requests (CONTRACT §3.7): the same reconciliation
+/// as `payrecon recon run`, against this daemon's gateways.
 pub fn recon_runner(
-    _settings: &Settings,
-    _pool: &PgPool,
-    _gateways: &Gateways,
+    settings: &Settings,
+    pool: &PgPool,
+    gateways: &Gateways,
 ) -> Option<Arc<dyn ReconRunner>> {
-    None
+    Some(Arc::new(ReconContext::from_settings(
+        settings,
+        pool.clone(),
+        gateways.clone(),
+    )))
 }
 
 /// The cron-scheduled jobs; each slot runs once across all instances.

@@ -71,13 +71,19 @@ impl fmt::Display for RefundId {
 pub struct RequestId(String);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("request_id must be 1 to 64 characters")]
+#[error("request_id is empty or too long (requests: 1 to 64 characters)")]
 pub struct BadRequestId;
 
 impl RequestId {
     pub fn parse(text: &str) -> Result<Self, BadRequestId> {
+        Self::parse_up_to(text, 64)
+    }
+
+    /// A non-empty id of at most `max` characters (`parse` is the requests'
+    /// 1–64; notification ids are only required to be unique).
+    pub fn parse_up_to(text: &str, max: usize) -> Result<Self, BadRequestId> {
         let chars = text.chars().count();
-        if chars == 0 || chars > 64 {
+        if chars == 0 || chars > max {
             return Err(BadRequestId);
         }
         Ok(Self(text.to_string()))

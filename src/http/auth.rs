@@ -13,7 +13,10 @@ pub async fn require_token(State(token): State<String>, req: Request, next: Next
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        // The scheme name is case-insensitive (RFC 7235 §2.1).
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
     let ok = presented.is_some_and(|p| constant_time_eq(p.as_bytes(), token.as_bytes()));
     if ok {
         next.run(req).await

@@ -55,6 +55,13 @@ pub trait Job: Send + Sync {
     /// actually started), so a job whose work depends on the date (the daily
     /// reconciliation) does the same work whoever runs it and whenever.
     async fn run_once(&self, slot: DateTime<Utc>) -> Result<JobCounts, JobError>;
+
+    /// Whether the very first start against a database (no run of this job
+    /// recorded anywhere) catches up the latest passed slot. Later restarts
+    /// always catch up what they missed.
+    fn catch_up_on_first_start(&self) -> bool {
+        true
+    }
 }
 
 /// What a run did, by name (`cancelled`, `paid`, …); stored as JSONB with

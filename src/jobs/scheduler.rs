@@ -222,6 +222,9 @@ impl Scheduler {
             Some(last) if last >= latest => return Ok(None),
             Some(_) => {}
         }
+        if last.is_none() && !entry.job.catch_up_on_first_start() {
+            return Ok(None);
+        }
         tracing::info!(job = %entry.name, slot = %latest, last_recorded = ?last, "catching up a missed slot");
         let outcome = self.slot_run(pool, entry).run(latest, now).await?;
         Ok(Some((latest, outcome)))

@@ -14,7 +14,7 @@ use sqlx::{PgConnection, PgPool};
 use tracing::Instrument;
 
 use super::consumer::{BatchProcessor, BatchResult, ProcessError};
-use super::requests::parse_envelope;
+use super::requests::parse_notification_envelope;
 use crate::domain::Channel;
 use crate::gateway::{Gateway, Headers, Notification, RefundState};
 use crate::payments::{settle_by_out_refund_no, RefundOutcome};
@@ -54,7 +54,8 @@ impl NotificationProcessor {
     /// that waited in the queue is judged by when it arrived, not by when a
     /// consumer got to it.
     fn verify(&self, d: &Delivery, now: DateTime<Utc>) -> Result<Verified, String> {
-        let env = parse_envelope(&d.data).map_err(|e| format!("invalid_request: {}", e.message))?;
+        let env = parse_notification_envelope(&d.data)
+            .map_err(|e| format!("invalid_request: {}", e.message))?;
         if env.kind != NOTIFICATION_TYPE {
             return Err(format!("invalid_request: unknown type {:?}", env.kind));
         }

@@ -124,8 +124,26 @@ fn invalid(raw: &Value, message: impl Into<String>) -> Invalid {
     }
 }
 
-/// Parses the outer envelope shared by `P.requests` and `P.notifications`.
+/// Longest `request_id` of a `P.notifications` envelope: the contract asks
+/// only for "any unique string"; the bound keeps a hostile one out of the inbox.
+pub const MAX_NOTIFICATION_ID_CHARS: usize = 512;
+
+/// Parses the outer envelope of `P.requests` (request ids of 1–64 characters).
 pub fn parse_envelope(body: &[u8]) -> Result<Envelope<Value>, Invalid> {
+    parse_envelope_with(body, RequestId::parse)
+}
+
+/// Parses the outer envelope of `P.notifications`.
+pub fn parse_notification_envelope(body: &[u8]) -> Result<Envelope<Value>, Invalid> {
+    parse_envelope_with(body, |s| {
+        RequestId::parse_up_to(s, MAX_NOTIFICATION_ID_CHARS)
+    })
+}
+
+fn parse_envelope_with(
+    body: &[u8],
+    parse_id: impl Fn(&str) -> Result<RequestId, crate::domain::BadRequestId>,
+) -> Result<Envelope<Value>, Invalid> {
     let raw: Value = serde_json::from_slice(body).map_err(|e| Invalid {
         request_id: None,
         request_type: None,
@@ -135,7 +153,7 @@ pub fn parse_envelope(body: &[u8]) -> Result<Envelope<Value>, Invalid> {
         return Err(invalid(&raw, "body is not a JSON object"));
     };
     let request_id = match map.get("request_id") {
-        Some(Value::String(s)) => RequestId::parse(s).map_err(|e| invalid(&raw, e.to_string()))?,
+        Some(Value::String(s)) => parse_id(s).map_err(|e| invalid(&raw, e.to_string()))?,
         Some(_) => return Err(invalid(&raw, "request_id must be a string")),
         None => return Err(invalid(&raw, "missing field request_id")),
     };
@@ -391,5 +409,23 @@ fn canonical(v: &Value, out: &mut String) {
             out.push(']');
         }
         scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notification_ids_may_be_longer_than_request_ids() {
+        let id = "n".repeat(100);
+        let body =
+            serde_json::json!({"type": "gateway.notification", "request_id": id, "data": {}})
+                .to_string();
+        assert!(parse_envelope(body.as_bytes()).is_err());
+        let env = parse_notification_envelope(body.as_bytes()).expect("long id accepted");
+        assert_eq!(env.request_id.as_str(), id);
+        let empty = r#"{"type": "gateway.notification", "request_id": "", "data": {}}"#;
+        assert!(parse_notification_envelope(empty.as_bytes()).is_err());
     }
 }

@@ -28,6 +28,15 @@ use crate::gateway::Gateway;
 use crate::store::tasks::{self, Task, TaskKind};
 use crate::store::StoreError;
 
+/// What a `recon.run` request's attempt came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReconAttempt {
+    Completed,
+    /// Another run of the channel is running (e.g. the daily job): the
+    /// request waits for it instead of being dropped.
+    Busy,
+}
+
 /// Runs a reconciliation for the `recon.run` request (implemented by `jobs`).
 #[async_trait]
 pub trait ReconRunner: Send + Sync {
@@ -36,8 +45,11 @@ pub trait ReconRunner: Send + Sync {
         channel: Channel,
         date: NaiveDate,
         request_id: Option<&str>,
-    ) -> Result<(), String>;
+    ) -> Result<ReconAttempt, String>;
 }
+
+/// How long a `recon.run` request waits before it looks again at a busy channel.
+const RECON_BUSY_WAIT: Duration = Duration::from_secs(1);
 
 pub struct Payments {
     pub pool: PgPool,
@@ -186,7 +198,8 @@ impl Payments {
         };
         Ok(
             match recon.run(channel, date, task.request_id.as_deref()).await {
-                Ok(()) => Step::Done,
+                Ok(ReconAttempt::Completed) => Step::Done,
+                Ok(ReconAttempt::Busy) => Step::Postpone(RECON_BUSY_WAIT),
                 Err(e) => Step::Failed(e),
             },
         )

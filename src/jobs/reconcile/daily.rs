@@ -43,6 +43,14 @@ impl Job for DailyReconcile {
         JOB_NAME
     }
 
+    /// A fresh installation does not reconcile the day before it existed:
+    /// those runs (and their `recon.completed` events) would answer nobody's
+    /// question and crowd `recon list`. Once the job has run, a daemon that
+    /// was down through a slot catches it up.
+    fn catch_up_on_first_start(&self) -> bool {
+        false
+    }
+
     /// Counts `completed`, `skipped` (another run of the channel was going),
     /// `failed` and the `discrepancies` found. A channel that failed fails
     /// the job's run (after the others ran), so the failure is recorded.

@@ -235,9 +235,11 @@ async fn execute(
     );
     let finished_at = Utc::now();
     store::complete_run(&mut tx, run.run_id, &summary, &discrepancies, finished_at).await?;
+    // A run asked for by a `recon.run` request names it (trigger `request:<id>`).
+    let request_id = run.trigger.strip_prefix("request:");
     let event = Event::new(
         "recon.completed",
-        None,
+        request_id,
         json!({
             "run_id": run.run_id,
             "channel": run.channel.as_str(),
@@ -319,7 +321,8 @@ pub async fn run_previous_day(
 
 /// `recon.run` requests (CONTRACT §3.7) arrive as durable tasks; they run
 /// like `payrecon recon run`. An explicit request that finds the channel
-/// busy is reported as not run (unlike the schedule, which just skips).
+/// busy waits for it (unlike the schedule, which just skips): the run that
+/// holds the channel may well be the daily job, or another day's.
 #[async_trait::async_trait]
 impl crate::payments::ReconRunner for ReconContext {
     async fn run(
@@ -327,16 +330,17 @@ impl crate::payments::ReconRunner for ReconContext {
         channel: Channel,
         date: NaiveDate,
         request_id: Option<&str>,
-    ) -> Result<(), String> {
+    ) -> Result<crate::payments::ReconAttempt, String> {
         let trigger = match request_id {
             Some(id) => format!("request:{id}"),
             None => "request".to_string(),
         };
         match run_reconciliation(self, channel, date, BillSource::Gateway, &trigger).await {
-            Ok(RunOutcome::Completed(_)) => Ok(()),
-            Ok(RunOutcome::Skipped(other)) => Err(format!(
-                "another reconciliation of {channel} is running (run {other})"
-            )),
+            Ok(RunOutcome::Completed(_)) => Ok(crate::payments::ReconAttempt::Completed),
+            Ok(RunOutcome::Skipped(other)) => {
+                tracing::info!(channel = %channel, %date, running = %other, "recon.run waits for the running reconciliation");
+                Ok(crate::payments::ReconAttempt::Busy)
+            }
             Err(e) => Err(e.to_string()),
         }
     }
