@@ -200,9 +200,8 @@ impl Scheduler {
 
     /// The start-up catch-up at `now`: runs the latest passed slot if no
     /// instance recorded it or anything newer. None when there was nothing
-    /// to catch up — including on the very first start: a job that never ran
-    /// anywhere was not "missed while the daemon was down", and a fresh
-    /// deployment should not reconcile a day nobody scheduled.
+    /// to catch up, or on the very first start of a job that opts out
+    /// (`Job::catch_up_on_first_start`).
     pub async fn catch_up_now(
         &self,
         pool: &PgPool,
@@ -217,10 +216,8 @@ impl Scheduler {
             let mut conn = pool.acquire().await.map_err(StoreError::from)?;
             store::jobs::last_slot(&mut conn, &entry.name).await?
         };
-        match last {
-            None => return Ok(None),
-            Some(last) if last >= latest => return Ok(None),
-            Some(_) => {}
+        if last.is_some_and(|last| last >= latest) {
+            return Ok(None);
         }
         if last.is_none() && !entry.job.catch_up_on_first_start() {
             return Ok(None);
