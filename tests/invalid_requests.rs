@@ -94,14 +94,7 @@ impl Harness {
     }
 
     async fn place(&mut self, method: &str) -> OrderId {
-        let id = OrderId::new_random();
-        let mut data = place_data(method);
-        data["order_id"] = json!(id.to_string());
-        self.broker
-            .request("order.place", &format!("place-{id}"), data)
-            .await;
-        self.broker.wait_event("order.created", 10).await;
-        id
+        self.broker.place_order(method).await
     }
 
     async fn stop(self) {

@@ -7,7 +7,7 @@
 mod common;
 
 use chrono::{Duration, FixedOffset, Utc};
-use common::{header_str, place_data, Broker, TestEnv};
+use common::{header_str, Broker, TestEnv};
 use payrecon::app::Daemon;
 use payrecon::domain::OrderId;
 use payrecon::gateway::crypto::{aes_256_gcm_encrypt, RsaPrivateKey};
@@ -78,12 +78,7 @@ impl Ingress {
     }
 
     async fn prepared_order(&mut self, method: &str) -> OrderId {
-        let id = OrderId::new_random();
-        let mut data = place_data(method);
-        data["order_id"] = json!(id.to_string());
-        self.broker
-            .request("order.place", &format!("place-{id}"), data)
-            .await;
+        let id = self.broker.place_order(method).await;
         let pay = json!({"order_id": id.to_string(), "amount": 3998, "payment_method": method});
         self.broker
             .request("payment.request", &format!("pay-{id}"), pay)

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{place_data, Broker, TestEnv};
+use common::{Broker, TestEnv};
 use payrecon::app::Daemon;
 use payrecon::domain::OrderId;
 use serde_json::{json, Value};
@@ -45,14 +45,7 @@ impl Shop {
     }
 
     async fn place(&mut self, method: &str) -> OrderId {
-        let id = OrderId::new_random();
-        let mut data = place_data(method);
-        data["order_id"] = json!(id.to_string());
-        self.broker
-            .request("order.place", &format!("place-{id}"), data)
-            .await;
-        self.broker.wait_event("order.created", 10).await;
-        id
+        self.broker.place_order(method).await
     }
 
     async fn prepare(&mut self, id: OrderId, method: &str) -> Value {
