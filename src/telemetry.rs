@@ -21,3 +21,27 @@ pub fn init() {
             .try_init()
     };
 }
+
+/// Registers the main series at zero, so dashboards and alerts see them (at
+/// 0) from the first scrape instead of only after the first occurrence.
+pub fn register_metrics() {
+    use crate::domain::Channel;
+    for channel in Channel::ALL {
+        for outcome in ["completed", "failed", "skipped"] {
+            metrics::counter!("payrecon_recon_runs_total", "channel" => channel.as_str(), "outcome" => outcome).increment(0);
+        }
+        for operation in [
+            "prepay",
+            "query",
+            "close",
+            "refund",
+            "query_refund",
+            "download_bill",
+        ] {
+            metrics::counter!("payrecon_gateway_calls_total", "channel" => channel.as_str(), "operation" => operation, "outcome" => "ok")
+                .increment(0);
+        }
+    }
+    metrics::counter!("payrecon_events_published_total").increment(0);
+    metrics::counter!("payrecon_broker_reconnects_total").increment(0);
+}

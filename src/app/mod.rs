@@ -171,6 +171,8 @@ impl Daemon {
         }
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
+        let _ = metrics_handle();
+        crate::telemetry::register_metrics();
         let pool = connect_with_retry(&settings, &shutdown).await?;
         let listener = TcpListener::bind(&settings.http.listen)
             .await
