@@ -38,7 +38,7 @@ pub struct TestEnv {
 
 impl TestEnv {
     pub fn new(tag: &str) -> TestEnv {
-        payrecon::telemetry::init();
+        payrecon::telemetry::init_with_default("warn");
         let name = unique(tag);
         let keys_dir = tempfile::tempdir().expect("tempdir");
         let mut s = Settings::default();
