@@ -70,15 +70,6 @@ impl TryFrom<OrderRow> for Order {
     }
 }
 
-async fn fetch_one(
-    conn: &mut PgConnection,
-    sql: &str,
-    key: &str,
-) -> Result<Option<Order>, StoreError> {
-    let row: Option<OrderRow> = sqlx::query_as(sql).bind(key).fetch_optional(conn).await?;
-    row.map(Order::try_from).transpose()
-}
-
 pub async fn get(conn: &mut PgConnection, id: OrderId) -> Result<Option<Order>, StoreError> {
     let row: Option<OrderRow> =
         sqlx::query_as(&format!("SELECT {COLUMNS} FROM orders WHERE order_id = $1"))
@@ -100,32 +91,6 @@ pub async fn get_for_update(
     .fetch_optional(conn)
     .await?;
     row.map(Order::try_from).transpose()
-}
-
-pub async fn get_by_out_trade_no_for_update(
-    conn: &mut PgConnection,
-    otn: &str,
-) -> Result<Option<Order>, StoreError> {
-    fetch_one(
-        conn,
-        &format!("SELECT {COLUMNS} FROM orders WHERE out_trade_no = $1 FOR UPDATE"),
-        otn,
-    )
-    .await
-}
-
-/// Loads several orders by `out_trade_no` (reconciliation looks up a bill's batch at once).
-pub async fn get_many_by_out_trade_no(
-    conn: &mut PgConnection,
-    otns: &[String],
-) -> Result<Vec<Order>, StoreError> {
-    let rows: Vec<OrderRow> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM orders WHERE out_trade_no = ANY($1)"
-    ))
-    .bind(otns)
-    .fetch_all(conn)
-    .await?;
-    rows.into_iter().map(Order::try_from).collect()
 }
 
 /// Inserts a new order. Returns false when the order id already exists.

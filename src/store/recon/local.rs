@@ -92,11 +92,18 @@ pub async fn orders_by_out_trade_no(
     channel: Channel,
     out_trade_nos: &[String],
 ) -> Result<Vec<LocalOrder>, StoreError> {
+    // Our out_trade_no is the order id's hex: look up by the primary key (a
+    // number that is not such hex cannot be one of ours).
+    let ids: Vec<Uuid> = out_trade_nos
+        .iter()
+        .filter_map(|otn| crate::domain::OrderId::from_out_trade_no(otn))
+        .map(|id| id.0)
+        .collect();
     let rows: Vec<LocalRow> = sqlx::query_as(&format!(
-        "SELECT {LOCAL_COLUMNS} FROM orders o WHERE o.payment_method = $1 AND o.out_trade_no = ANY($2)"
+        "SELECT {LOCAL_COLUMNS} FROM orders o WHERE o.payment_method = $1 AND o.order_id = ANY($2)"
     ))
     .bind(channel.as_str())
-    .bind(out_trade_nos)
+    .bind(&ids)
     .fetch_all(conn)
     .await?;
     rows.into_iter().map(LocalOrder::try_from).collect()
