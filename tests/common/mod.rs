@@ -234,6 +234,12 @@ impl Broker {
         }
     }
 
+    /// The next event, if the stream has one.
+    pub async fn try_next_event(&mut self) -> Option<Value> {
+        let d = self.events.next().await?.ok()?;
+        serde_json::from_slice(&d.data).ok()
+    }
+
     /// No event arrives within `ms`.
     pub async fn assert_quiet(&mut self, ms: u64) {
         if let Ok(Some(Ok(d))) =
