@@ -23,7 +23,7 @@ use crate::domain::{Channel, OrderStatus};
 use crate::gateway::{CloseOutcome, Gateway, GatewayError, PaymentStatus, TradeState};
 use crate::messaging::contracts::Event;
 use crate::store::jobs::{self as store, ExpiredOrder};
-use crate::store::payments::{self, ConfirmOutcome, GatewayPayment, PaidSource};
+use crate::store::payments::{self, ConfirmOutcome, PaidSource};
 use crate::store::tasks::{self, TaskKind};
 use crate::store::{orders, outbox, StoreError};
 
@@ -205,17 +205,11 @@ impl TimeoutCancel {
         status: PaymentStatus,
         now: DateTime<Utc>,
     ) -> Result<Settled, StoreError> {
-        let (Some(transaction_id), Some(amount)) = (status.transaction_id, status.amount) else {
+        let Some(payment) = crate::payments::paid_payment(o.channel, &o.out_trade_no, &status, now)
+        else {
             tracing::warn!(order.id = %o.order_id, gateway = %o.channel,
                 "gateway reports the payment paid without transaction id or amount; asking again later");
             return Ok(Settled::Deferred);
-        };
-        let payment = GatewayPayment {
-            channel: o.channel,
-            out_trade_no: o.out_trade_no.clone(),
-            transaction_id,
-            amount,
-            paid_at: status.paid_at.unwrap_or(now),
         };
         let mut tx = self.pool.begin().await?;
         let settled = match payments::confirm_payment(&mut tx, &payment, PaidSource::Query, None)

@@ -64,7 +64,7 @@ pub async fn apply_places(
             }
         }
     }
-    let orders_only: Vec<Order> = new_orders.iter().map(|(_, o)| o.clone()).collect();
+    let orders_only: Vec<&Order> = new_orders.iter().map(|(_, o)| o).collect();
     let mut inserted = orders::insert_many(conn, &orders_only).await?;
     for (i, order) in &new_orders {
         let env = envs[*i];

@@ -42,29 +42,29 @@ pub(super) async fn attempt(p: &Payments, task: &Task) -> Result<Step, StoreErro
             cancel_order(p, order_id, &reason, task.request_id.as_deref()).await?;
             Ok(Step::Done)
         }
-        Ok(CloseOutcome::AlreadyPaid(status)) => {
-            confirm_from_query(p, &order, &status, task).await?;
-            Ok(Step::Done)
-        }
+        Ok(CloseOutcome::AlreadyPaid(status)) => confirm_from_query(p, &order, &status, task).await,
         Err(e) if e.is_retryable() && !p.is_last_attempt(task) => Ok(Step::Retry(e.to_string())),
         // Not cancelled blind: the order stays pending and the timeout job retries later.
         Err(e) => Ok(Step::Failed(e.to_string())),
     }
 }
 
-pub(crate) fn payment_from(
+/// A payment the gateway reported as paid in a query or close answer. None
+/// when the answer lacks the amount or the transaction id: the amount is what
+/// confirmation checks against the total, so it is never assumed.
+pub fn paid_payment(
     channel: crate::domain::Channel,
     out_trade_no: &str,
     status: &PaymentStatus,
-    fallback_amount: crate::domain::Money,
-) -> GatewayPayment {
-    GatewayPayment {
+    now: chrono::DateTime<Utc>,
+) -> Option<GatewayPayment> {
+    Some(GatewayPayment {
         channel,
         out_trade_no: out_trade_no.to_string(),
-        transaction_id: status.transaction_id.clone().unwrap_or_default(),
-        amount: status.amount.unwrap_or(fallback_amount),
-        paid_at: status.paid_at.unwrap_or_else(Utc::now),
-    }
+        transaction_id: status.transaction_id.clone()?,
+        amount: status.amount?,
+        paid_at: status.paid_at.unwrap_or(now),
+    })
 }
 
 /// The gateway said the order is paid: confirm it (the same checks as a
@@ -74,13 +74,17 @@ pub(crate) async fn confirm_from_query(
     order: &crate::domain::Order,
     status: &PaymentStatus,
     task: &Task,
-) -> Result<(), StoreError> {
-    let payment = payment_from(
+) -> Result<Step, StoreError> {
+    let Some(payment) = paid_payment(
         order.payment_method,
         &order.out_trade_no(),
         status,
-        order.total_amount,
-    );
+        Utc::now(),
+    ) else {
+        return Ok(Step::Retry(
+            "the gateway reports it paid without amount or transaction id".into(),
+        ));
+    };
     let mut tx = p.pool.begin().await?;
     confirm_payment(
         &mut tx,
@@ -90,7 +94,7 @@ pub(crate) async fn confirm_from_query(
     )
     .await?;
     tx.commit().await?;
-    Ok(())
+    Ok(Step::Done)
 }
 
 async fn cancel_order(

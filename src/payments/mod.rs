@@ -20,6 +20,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+pub use close::paid_payment;
 pub use refund::{settle_by_out_refund_no, settle_refund, RefundOutcome};
 pub use retry::RetryPolicy;
 

@@ -38,8 +38,7 @@ pub(super) async fn attempt(p: &Payments, task: &Task) -> Result<Step, StoreErro
     if task.attempt > 0 {
         match gateway.query(&order.out_trade_no()).await {
             Ok(status) if status.state == TradeState::Paid => {
-                confirm_from_query(p, &order, &status, task).await?;
-                return Ok(Step::Done);
+                return confirm_from_query(p, &order, &status, task).await;
             }
             Ok(status) if status.state == TradeState::Closed => {
                 fail(

@@ -168,13 +168,13 @@ pub async fn count_by_status(conn: &mut PgConnection) -> Result<Vec<(String, i64
 /// existed is left out.
 pub async fn insert_many(
     conn: &mut PgConnection,
-    orders: &[Order],
+    orders: &[&Order],
 ) -> Result<std::collections::HashSet<Uuid>, StoreError> {
     if orders.is_empty() {
         return Ok(Default::default());
     }
     let ids: Vec<Uuid> = orders.iter().map(|o| o.order_id.0).collect();
-    let otns: Vec<String> = orders.iter().map(Order::out_trade_no).collect();
+    let otns: Vec<String> = orders.iter().map(|o| o.out_trade_no()).collect();
     let users: Vec<&str> = orders.iter().map(|o| o.user_id.as_str()).collect();
     let items: Vec<serde_json::Value> = orders
         .iter()
