@@ -4,7 +4,7 @@
 //! acknowledges the whole batch with one `multiple` ack. A crash anywhere
 //! before the ack redelivers the batch; the inbox makes the replay a no-op.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,6 +56,8 @@ pub struct ConsumerSpec {
     pub prefetch: u16,
     pub max_batch: usize,
     pub wait: Duration,
+    /// Batches processed at once (each on its own database connection).
+    pub depth: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,25 +94,29 @@ pub async fn run(
             FieldTable::default(),
         )
         .await?;
-    // At most two batches at once: the older one committing while the newer
-    // one runs its statements. Settled (dead letters, ack) strictly in order.
-    let mut inflight: Option<InFlight> = None;
+    // Up to `depth` batches at once: the oldest committing while newer ones
+    // run their statements on other connections. Settled (dead letters,
+    // ack) strictly in order, so a multiple ack never covers a batch that
+    // was not committed.
+    let mut inflight: VecDeque<InFlight> = VecDeque::new();
     let mut abandoned = false;
     loop {
+        let room = inflight.len() < spec.depth.max(1);
         let first = tokio::select! {
             // Shutdown first: with prefetched deliveries always ready, an
             // unbiased select would keep taking whole batches after a stop
             // half of the time, each one more round.
             biased;
             _ = shutdown.cancelled() => break,
-            joined = join(&mut inflight) => {
-                let Some(done) = inflight.take() else { continue };
+            joined = join_oldest(&mut inflight) => {
+                let Some(done) = inflight.pop_front() else { continue };
                 if !finish(&channel, &spec, done, joined, &committed).await? {
+                    abandoned = true;
                     break;
                 }
                 continue;
             }
-            next = stream.next() => next,
+            next = stream.next(), if room => next,
         };
         let mut batch = vec![first.ok_or(ConsumerError::StreamEnded)??];
         let deadline = tokio::time::Instant::now() + spec.wait;
@@ -122,18 +128,16 @@ pub async fn run(
             }
         }
         let keys = processor.conflict_keys(&batch);
-        let independent = match (&inflight, &keys) {
-            (Some(f), Some(k)) => f.keys.as_ref().is_some_and(|fk| fk.is_disjoint(k)),
-            (None, _) => true,
-            _ => false,
-        };
-        if !independent {
-            if let Some(mut older) = inflight.take() {
-                let joined = older.handle_result().await;
-                if !finish(&channel, &spec, older, joined, &committed).await? {
-                    break;
-                }
-            }
+        // A batch that touches what an unsettled one touches waits for all
+        // of them, so a request always sees the effects of those before it.
+        let independent = keys.as_ref().is_some_and(|k| {
+            inflight
+                .iter()
+                .all(|f| f.keys.as_ref().is_some_and(|fk| fk.is_disjoint(k)))
+        });
+        if !independent && !settle_all(&channel, &spec, &mut inflight, &committed).await? {
+            abandoned = true;
+            break;
         }
         let batch = Arc::new(batch);
         let handle = tokio::spawn(process_with_retry(
@@ -141,31 +145,20 @@ pub async fn run(
             batch.clone(),
             shutdown.clone(),
         ));
-        if let Some(mut older) = inflight.take() {
-            let joined = older.handle_result().await;
-            if !finish(&channel, &spec, older, joined, &committed).await? {
-                // The older batch was not committed: a multiple ack of the
-                // newer one would cover it too, so the newer is not settled.
-                abandoned = true;
-                inflight = Some(InFlight {
-                    batch,
-                    keys,
-                    handle,
-                });
-                break;
-            }
-        }
-        inflight = Some(InFlight {
+        inflight.push_back(InFlight {
             batch,
             keys,
             handle,
         });
     }
-    if let Some(mut last) = inflight.take() {
-        let joined = last.handle_result().await;
-        if !abandoned {
-            finish(&channel, &spec, last, joined, &committed).await?;
+    if abandoned {
+        // Not settled: a batch before them was not committed. They are
+        // redelivered when the channel closes; the inbox makes that a no-op.
+        for mut rest in inflight.drain(..) {
+            let _ = rest.handle_result().await;
         }
+    } else {
+        settle_all(&channel, &spec, &mut inflight, &committed).await?;
     }
     // Stop deliveries; whatever was prefetched but not processed is requeued
     // by the broker when the channel closes.
@@ -195,12 +188,32 @@ impl InFlight {
     }
 }
 
-/// Completes when the batch in flight has been processed (never, if none).
-async fn join(inflight: &mut Option<InFlight>) -> Joined {
-    match inflight {
+/// Completes when the oldest batch in flight has been processed (never, if none).
+async fn join_oldest(inflight: &mut VecDeque<InFlight>) -> Joined {
+    match inflight.front_mut() {
         Some(f) => f.handle_result().await,
         None => std::future::pending().await,
     }
+}
+
+/// Waits for and settles every batch in flight, oldest first. False: one
+/// was not committed (see `finish`); the ones after it are left unsettled.
+async fn settle_all(
+    channel: &Channel,
+    spec: &ConsumerSpec,
+    inflight: &mut VecDeque<InFlight>,
+    committed: &Wakers,
+) -> Result<bool, ConsumerError> {
+    while let Some(mut oldest) = inflight.pop_front() {
+        let joined = oldest.handle_result().await;
+        if !finish(channel, spec, oldest, joined, committed).await? {
+            for mut rest in inflight.drain(..) {
+                let _ = rest.handle_result().await;
+            }
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Settles a processed batch. False: it was not processed because of a
