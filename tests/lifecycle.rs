@@ -35,7 +35,7 @@ async fn mark_paid_in_store(daemon: &Daemon, order_id: OrderId, amount: i64) {
 async fn happy_lifecycle_emits_each_event() {
     let env = TestEnv::new("happy");
     let (daemon, mut broker) = start(&env).await;
-    let order_id = OrderId::new_random();
+    let order_id = OrderId::generate();
     let mut data = place_data("wechat_pay");
     data["order_id"] = json!(order_id.to_string());
     broker.request("order.place", "place-1", data).await;
@@ -84,7 +84,7 @@ async fn happy_lifecycle_emits_each_event() {
     let missing = reqwest::get(format!(
         "http://{}/orders/{}",
         daemon.http_addr,
-        OrderId::new_random()
+        OrderId::generate()
     ))
     .await
     .unwrap();
@@ -123,7 +123,7 @@ async fn order_id_that_exists_is_rejected() {
     let env = TestEnv::new("exists");
     let (daemon, mut broker) = start(&env).await;
     let mut data = place_data("wechat_pay");
-    data["order_id"] = json!(OrderId::new_random().to_string());
+    data["order_id"] = json!(OrderId::generate().to_string());
     broker.request("order.place", "a", data.clone()).await;
     broker.wait_event("order.created", 10).await;
     broker.request("order.place", "b", data).await;
@@ -241,4 +241,76 @@ async fn health_readiness_and_metrics() {
     );
     daemon.stop().await;
     let _ = header_str;
+}
+
+/// Every way requests of one batch can collide, published before the daemon
+/// starts so that they arrive as one batch: the outcomes are those of
+/// applying them one by one, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collisions_within_one_batch_resolve_in_order() {
+    let env = TestEnv::new("burst");
+    let mut broker = Broker::connect(&env).await;
+    let order_x = OrderId::generate();
+    let mut first = place_data("wechat_pay");
+    first["order_id"] = json!(order_x.to_string());
+    let mut other_body = first.clone();
+    other_body["user_id"] = json!("someone-else");
+    let mut same_order = place_data("alipay");
+    same_order["order_id"] = json!(order_x.to_string());
+    let mut overflow = place_data("alipay");
+    overflow["items"] = json!([{"product_id": "p", "quantity": 2, "unit_price": i64::MAX / 2 + 1}]);
+    let burst = [
+        ("p1", first.clone()),      // created
+        ("p1", first),              // duplicate: nothing
+        ("p2", same_order),         // order_exists
+        ("p1", other_body),         // request_id_reused
+        ("p3", overflow),           // invalid_request (total overflows)
+        ("p3", place_data("alipay")), // request_id_reused (p3 was the invalid one)
+        ("p4", place_data("alipay")), // created, with a generated id
+    ];
+    for (rid, data) in &burst {
+        broker.request("order.place", rid, data.clone()).await;
+    }
+    let daemon = Daemon::start(env.settings.clone()).await.expect("daemon starts");
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        let e = broker.next_event(10).await;
+        let what = match e["type"].as_str() {
+            Some("order.created") => "created".to_string(),
+            _ => e["data"]["reason"].as_str().unwrap_or("?").to_string(),
+        };
+        seen.push((e["request_id"].as_str().unwrap_or("").to_string(), what));
+    }
+    broker.assert_quiet(1000).await;
+    seen.sort();
+    let expected: Vec<(String, String)> = [
+        ("p1", "created"),
+        ("p1", "request_id_reused"),
+        ("p2", "order_exists"),
+        ("p3", "invalid_request"),
+        ("p3", "request_id_reused"),
+        ("p4", "created"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(seen, expected);
+    let orders: Vec<(uuid::Uuid, String)> =
+        sqlx::query_as("SELECT order_id, payment_method FROM orders ORDER BY payment_method DESC")
+            .fetch_all(&daemon.pool)
+            .await
+            .unwrap();
+    assert_eq!(orders.len(), 2);
+    assert_eq!(orders[0], (order_x.0, "wechat_pay".to_string()));
+    let outcomes: Vec<(String, String)> =
+        sqlx::query_as("SELECT request_id, outcome FROM inbox ORDER BY request_id")
+            .fetch_all(&daemon.pool)
+            .await
+            .unwrap();
+    let outcomes: Vec<(&str, &str)> = outcomes.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    assert_eq!(
+        outcomes,
+        [("p1", "processed"), ("p2", "order_exists"), ("p3", "invalid_request"), ("p4", "processed")]
+    );
+    daemon.stop().await;
 }

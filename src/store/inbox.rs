@@ -93,18 +93,7 @@ pub async fn claim_many(
         .copied()
         .filter(|id| !inserted.contains(*id))
         .collect();
-    let existing: HashMap<String, Vec<u8>> = if others.is_empty() {
-        HashMap::new()
-    } else {
-        sqlx::query_as::<_, (String, Vec<u8>)>(
-            "SELECT request_id, body_hash FROM inbox WHERE request_id = ANY($1)",
-        )
-        .bind(&others)
-        .fetch_all(conn)
-        .await?
-        .into_iter()
-        .collect()
-    };
+    let existing = body_hashes(conn, &others).await?;
     let mut first_in_batch: HashMap<&str, &[u8]> = HashMap::new();
     Ok(requests
         .iter()
@@ -126,4 +115,22 @@ pub async fn claim_many(
             }
         })
         .collect())
+}
+
+/// The stored body digests of request ids already in the inbox.
+pub async fn body_hashes(
+    conn: &mut PgConnection,
+    request_ids: &[&str],
+) -> Result<std::collections::HashMap<String, Vec<u8>>, StoreError> {
+    if request_ids.is_empty() {
+        return Ok(Default::default());
+    }
+    Ok(sqlx::query_as::<_, (String, Vec<u8>)>(
+        "SELECT request_id, body_hash FROM inbox WHERE request_id = ANY($1)",
+    )
+    .bind(request_ids)
+    .fetch_all(conn)
+    .await?
+    .into_iter()
+    .collect())
 }

@@ -7,6 +7,7 @@ pub mod jobs;
 pub mod orders;
 pub mod outbox;
 pub mod payments;
+pub mod placement;
 pub mod recon;
 pub mod refunds;
 pub mod tasks;
