@@ -53,15 +53,32 @@ pub struct PendingEvent {
     pub payload: String,
 }
 
-/// Locks up to `limit` unpublished events, oldest first. Rows another relay
-/// holds are skipped, so several instances share the work without doubles.
-pub async fn lock_pending(
-    conn: &mut PgConnection,
-    limit: i64,
-) -> Result<Vec<PendingEvent>, StoreError> {
+/// The advisory lock key of the relay: "outbox" in ASCII.
+const RELAY_LOCK: i64 = 0x6f7574626f78;
+
+/// Takes the relay's turn for this transaction: true if no other relay
+/// (another instance) holds it. One relay at a time publishes, so rows need
+/// no row locks: locking each row would write every event to the WAL twice
+/// more (the lock, then the delete).
+///
+/// The transaction's commit does not wait for the disk: losing it in a
+/// crash only means publishing its events again (at-least-once, same
+/// event_id). Set in the same round trip.
+pub async fn take_relay_turn(conn: &mut PgConnection) -> Result<bool, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT pg_try_advisory_xact_lock($1) FROM set_config('synchronous_commit', 'off', true)",
+    )
+    .bind(RELAY_LOCK)
+    .fetch_one(conn)
+    .await?)
+}
+
+/// Up to `limit` unpublished events, oldest first. Call within the
+/// relay's turn (`take_relay_turn`).
+pub async fn pending(conn: &mut PgConnection, limit: i64) -> Result<Vec<PendingEvent>, StoreError> {
     Ok(sqlx::query_as(
         "SELECT id, event_id, routing_key, payload FROM outbox WHERE published_at IS NULL \
-         ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+         ORDER BY id LIMIT $1",
     )
     .bind(limit)
     .fetch_all(conn)
