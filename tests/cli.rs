@@ -34,7 +34,7 @@ async fn migrate_then_order_show() {
         .unwrap();
     let order = Order::place(
         NewOrder {
-            order_id: OrderId::new_random(),
+            order_id: OrderId::generate(),
             user_id: "u9".into(),
             items: vec![LineItem {
                 product_id: "p".into(),
@@ -78,12 +78,7 @@ async fn migrate_then_order_show() {
     assert!(String::from_utf8_lossy(&table.stdout).contains("pending_payment"));
 
     let missing = payrecon(&env)
-        .args([
-            "order",
-            "show",
-            &OrderId::new_random().to_string(),
-            "--json",
-        ])
+        .args(["order", "show", &OrderId::generate().to_string(), "--json"])
         .output()
         .unwrap();
     assert_eq!(missing.status.code(), Some(3));

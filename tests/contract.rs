@@ -130,7 +130,7 @@ async fn orders_and_recon_need_the_token_when_set() {
     let daemon = Daemon::start(env.settings.clone()).await.expect("daemon");
     let base = format!("http://{}", daemon.http_addr);
     let http = reqwest::Client::new();
-    let order = format!("{base}/orders/{}", OrderId::new_random());
+    let order = format!("{base}/orders/{}", OrderId::generate());
     for url in [
         order.as_str(),
         &format!("{base}/recon/runs"),

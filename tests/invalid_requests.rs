@@ -241,7 +241,7 @@ async fn amount_overflow() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_order() {
     let mut h = Harness::new("unkorder").await;
-    let id = OrderId::new_random().to_string();
+    let id = OrderId::generate().to_string();
     h.expect_rejected(
         "order.ship",
         "ship-unknown",

@@ -274,7 +274,7 @@ async fn wrong_merchant_is_refused_at_the_edge_and_dead_lettered_in_the_queue() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_order_is_an_anomaly_without_an_order() {
     let mut t = Ingress::start("nunknown").await;
-    let otn = OrderId::new_random().out_trade_no();
+    let otn = OrderId::generate().out_trade_no();
     let mchid = t.env.settings.simulator.wechat_mchid.clone();
     let n = t.wechat(
         &otn,

@@ -351,7 +351,7 @@ mod tests {
 
     fn sample() -> Order {
         let new = NewOrder {
-            order_id: OrderId::new_random(),
+            order_id: OrderId::generate(),
             user_id: "u1".into(),
             items: vec![LineItem {
                 product_id: "p1".into(),
@@ -400,7 +400,7 @@ mod tests {
     #[test]
     fn totals_overflow_is_an_error() {
         let new = NewOrder {
-            order_id: OrderId::new_random(),
+            order_id: OrderId::generate(),
             user_id: "u1".into(),
             items: vec![LineItem {
                 product_id: "p".into(),

@@ -293,7 +293,7 @@ pub fn place_data(method: &str) -> Value {
 impl Broker {
     /// Places an order (2 × 1999 fen) with a chosen id and waits for `order.created`.
     pub async fn place_order(&mut self, method: &str) -> payrecon::domain::OrderId {
-        let id = payrecon::domain::OrderId::new_random();
+        let id = payrecon::domain::OrderId::generate();
         let mut data = place_data(method);
         data["order_id"] = serde_json::json!(id.to_string());
         self.request("order.place", &format!("place-{id}"), data)

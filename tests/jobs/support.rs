@@ -95,7 +95,7 @@ pub fn order(
 ) -> Order {
     let mut o = Order::place(
         NewOrder {
-            order_id: OrderId::new_random(),
+            order_id: OrderId::generate(),
             user_id: "u1".into(),
             items: vec![LineItem {
                 product_id: "p1".into(),

@@ -53,7 +53,7 @@ pub async fn every_category(channel: Channel) -> Scenario {
     order(p, other, 99_900, Local::Paid(99_900)).await;
 
     let otn = |k: &str| orders[k].out_trade_no();
-    let unknown_otn = payrecon::domain::OrderId::new_random().out_trade_no();
+    let unknown_otn = payrecon::domain::OrderId::generate().out_trade_no();
     let rows = vec![
         pay(&otn("A"), 1000),
         pay(&otn("B"), 2500),

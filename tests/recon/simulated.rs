@@ -107,7 +107,7 @@ async fn placed(
 ) -> Order {
     let now = Utc::now().trunc_subsecs(6);
     let new = NewOrder {
-        order_id: OrderId::new_random(),
+        order_id: OrderId::generate(),
         user_id: "u1".into(),
         items: vec![LineItem {
             product_id: "p1".into(),

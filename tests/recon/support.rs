@@ -85,7 +85,7 @@ pub enum Local {
 /// Inserts an order of `total` fen created at 10:00 of the day, then moves it.
 pub async fn order(pool: &PgPool, channel: Channel, total: i64, state: Local) -> Order {
     let new = NewOrder {
-        order_id: OrderId::new_random(),
+        order_id: OrderId::generate(),
         user_id: "u1".into(),
         items: vec![LineItem {
             product_id: "p1".into(),

@@ -306,7 +306,7 @@ mod tests {
     }
 
     fn local(status: OrderStatus, total: i64, paid: i64) -> LocalOrder {
-        let id = OrderId::new_random();
+        let id = OrderId::generate();
         LocalOrder {
             order_id: id,
             out_trade_no: id.out_trade_no(),
