@@ -5,21 +5,26 @@
 //! ack the same N (what any correct consumer must at least do).
 //! payrecon: publish N `order.place` requests with confirms, the daemon
 //! consumes them (batched transactions), until all N orders are committed.
+//! Both sides publish the same way, in windows of 1000 whose publishes are
+//! all started before any is awaited: awaiting each lapin publish in turn
+//! measures the client's thread hand-off, not the broker, and made the
+//! "ceiling" swing between 9,000 and 22,000 msg/s from round to round.
 //! Target (issue "Foundation"): ratio ≥ 0.5.
 //!
 //! Run: `cargo bench --bench throughput` (PAYRECON_BENCH_N messages per round,
-//! default 10000; PAYRECON_BENCH_ROUNDS rounds, default 3).
+//! default 10000; PAYRECON_BENCH_ROUNDS rounds, default 5).
 
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use payrecon::config::{Secret, Settings};
+use payrecon::messaging::publisher::{self, Outgoing};
 
 const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -31,7 +36,7 @@ fn main() {
     let rounds: usize = std::env::var("PAYRECON_BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+        .unwrap_or(5);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -54,31 +59,25 @@ fn main() {
     });
 }
 
+/// Publishes with confirms, 1000 at a time, through the same publisher the
+/// daemon uses (all publishes of a window started before any is awaited),
+/// so the load generator is no slower on one side than on the other.
 async fn publish_all(ch: &Channel, queue: &str, bodies: impl Iterator<Item = Vec<u8>>) {
-    let mut pending = Vec::new();
-    for body in bodies {
-        let props = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type("application/json".into());
-        pending.push(
-            ch.basic_publish(
-                "".into(),
-                queue.into(),
-                BasicPublishOptions::default(),
-                &body,
-                props,
-            )
-            .await
-            .expect("publish"),
-        );
-        if pending.len() >= 1000 {
-            for c in pending.drain(..) {
-                c.await.expect("confirm");
-            }
-        }
-    }
-    for c in pending {
-        c.await.expect("confirm");
+    let bodies: Vec<Vec<u8>> = bodies.collect();
+    for window in bodies.chunks(1000) {
+        let messages = window
+            .iter()
+            .map(|body| Outgoing {
+                exchange: "",
+                routing_key: queue,
+                body,
+                properties: BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_content_type("application/json".into()),
+            })
+            .collect();
+        let acked = publisher::publish_all(ch, messages).await.expect("publish");
+        assert!(acked.iter().all(|ok| *ok), "broker nacked a message");
     }
 }
 
@@ -184,15 +183,27 @@ async fn payrecon_rate(prefix: &str, n: usize) -> f64 {
         (0..n).map(|i| sample_request(&format!("bench-{i}")).into_bytes()),
     )
     .await;
+    // The last request is taken last; once its inbox row is there, a count
+    // confirms every order. (Counting every few milliseconds would itself
+    // load the machine with table scans.)
+    let last = format!("bench-{}", n - 1);
     loop {
-        let done: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
-            .fetch_one(&daemon.pool)
-            .await
-            .expect("count");
-        if done as usize >= n {
-            break;
+        let seen: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM inbox WHERE request_id = $1)")
+                .bind(&last)
+                .fetch_one(&daemon.pool)
+                .await
+                .expect("poll");
+        if seen {
+            let done: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+                .fetch_one(&daemon.pool)
+                .await
+                .expect("count");
+            if done as usize >= n {
+                break;
+            }
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let rate = n as f64 / start.elapsed().as_secs_f64();
     daemon.stop().await;
