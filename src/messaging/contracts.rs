@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use uuid::Uuid;
 
 use crate::domain::{LineItem, Order};
@@ -66,10 +66,6 @@ pub fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, false)
 }
 
-fn opt_time(t: Option<DateTime<Utc>>) -> Value {
-    t.map(|t| Value::String(rfc3339(t))).unwrap_or(Value::Null)
-}
-
 #[derive(Serialize)]
 struct ItemJson<'a> {
     product_id: &'a str,
@@ -77,35 +73,164 @@ struct ItemJson<'a> {
     unit_price: i64,
 }
 
+/// The order object of CONTRACT §4. Fields in name order: the object is
+/// the same whether printed from this struct or from a `Value` (whose map
+/// sorts its keys).
+#[derive(Serialize)]
+struct OrderJson<'a> {
+    cancel_reason: &'a Option<String>,
+    cancelled_at: Option<String>,
+    completed_at: Option<String>,
+    created_at: String,
+    currency: &'a str,
+    expires_at: String,
+    gateway_transaction_id: &'a Option<String>,
+    items: Vec<ItemJson<'a>>,
+    order_id: &'a Uuid,
+    out_trade_no: String,
+    paid_amount: i64,
+    paid_at: Option<String>,
+    payment_method: &'a str,
+    refunded_amount: i64,
+    shipped_at: Option<String>,
+    status: &'a str,
+    total_amount: i64,
+    user_id: &'a str,
+}
+
+impl<'a> OrderJson<'a> {
+    fn of(o: &'a Order) -> Self {
+        OrderJson {
+            cancel_reason: &o.cancel_reason,
+            cancelled_at: o.cancelled_at.map(rfc3339),
+            completed_at: o.completed_at.map(rfc3339),
+            created_at: rfc3339(o.created_at),
+            currency: &o.currency,
+            expires_at: rfc3339(o.expires_at),
+            gateway_transaction_id: &o.gateway_transaction_id,
+            items: o
+                .items
+                .iter()
+                .map(|i: &LineItem| ItemJson {
+                    product_id: &i.product_id,
+                    quantity: i.quantity,
+                    unit_price: i.unit_price.fen(),
+                })
+                .collect(),
+            order_id: &o.order_id.0,
+            out_trade_no: o.out_trade_no(),
+            paid_amount: o.paid_amount.fen(),
+            paid_at: o.paid_at.map(rfc3339),
+            payment_method: o.payment_method.as_str(),
+            refunded_amount: o.refunded_amount.fen(),
+            shipped_at: o.shipped_at.map(rfc3339),
+            status: o.status.as_str(),
+            total_amount: o.total_amount.fen(),
+            user_id: &o.user_id,
+        }
+    }
+}
+
 /// The order object of CONTRACT §4.
 pub fn order_json(o: &Order) -> Value {
-    let items: Vec<ItemJson> = o
-        .items
-        .iter()
-        .map(|i: &LineItem| ItemJson {
-            product_id: &i.product_id,
-            quantity: i.quantity,
-            unit_price: i.unit_price.fen(),
-        })
-        .collect();
-    json!({
-        "order_id": o.order_id,
-        "out_trade_no": o.out_trade_no(),
-        "user_id": o.user_id,
-        "items": items,
-        "currency": o.currency,
-        "total_amount": o.total_amount.fen(),
-        "payment_method": o.payment_method.as_str(),
-        "status": o.status.as_str(),
-        "paid_amount": o.paid_amount.fen(),
-        "refunded_amount": o.refunded_amount.fen(),
-        "gateway_transaction_id": o.gateway_transaction_id,
-        "created_at": rfc3339(o.created_at),
-        "expires_at": rfc3339(o.expires_at),
-        "paid_at": opt_time(o.paid_at),
-        "shipped_at": opt_time(o.shipped_at),
-        "completed_at": opt_time(o.completed_at),
-        "cancelled_at": opt_time(o.cancelled_at),
-        "cancel_reason": o.cancel_reason,
-    })
+    serde_json::to_value(OrderJson::of(o)).unwrap_or_default()
+}
+
+/// An `order.created` event already in its wire form. Every `order.place`
+/// writes one; printing it straight from the order costs a fraction of
+/// building the `Value` tree of an `Event` first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SerializedEvent {
+    pub event_id: Uuid,
+    pub occurred_at: DateTime<Utc>,
+    pub payload: String,
+}
+
+impl SerializedEvent {
+    pub fn order_created(order: &Order, request_id: &str) -> SerializedEvent {
+        Self::order_created_with(Uuid::new_v4(), Utc::now(), order, request_id)
+    }
+
+    fn order_created_with(
+        event_id: Uuid,
+        occurred_at: DateTime<Utc>,
+        order: &Order,
+        request_id: &str,
+    ) -> SerializedEvent {
+        // Field for field the `Wire` of `Event::to_json`, with data = {order}.
+        #[derive(Serialize)]
+        struct Data<'a> {
+            order: OrderJson<'a>,
+        }
+        #[derive(Serialize)]
+        struct Wire<'a> {
+            event_id: &'a Uuid,
+            #[serde(rename = "type")]
+            kind: &'a str,
+            occurred_at: String,
+            request_id: &'a str,
+            data: Data<'a>,
+        }
+        let wire = Wire {
+            event_id: &event_id,
+            kind: "order.created",
+            occurred_at: rfc3339(occurred_at),
+            request_id,
+            data: Data {
+                order: OrderJson::of(order),
+            },
+        };
+        SerializedEvent {
+            event_id,
+            occurred_at,
+            payload: serde_json::to_string(&wire).unwrap_or_default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Channel, Money, NewOrder, OrderId};
+
+    fn order() -> Order {
+        let new = NewOrder {
+            order_id: OrderId::generate(),
+            user_id: "用户 \"1\"".into(),
+            items: vec![
+                LineItem {
+                    product_id: "p\n1".into(),
+                    quantity: 2,
+                    unit_price: Money::from_fen(1999).unwrap(),
+                },
+                LineItem {
+                    product_id: "p2".into(),
+                    quantity: 1,
+                    unit_price: Money::from_fen(1).unwrap(),
+                },
+            ],
+            payment_method: Channel::Alipay,
+            pay_timeout: chrono::Duration::minutes(30),
+        };
+        Order::place(new, Utc::now()).unwrap()
+    }
+
+    /// The hot path's `order.created` is byte for byte the `Event` one, with
+    /// unset and set optional fields alike.
+    #[test]
+    fn serialized_order_created_is_the_event_json() {
+        let mut o = order();
+        for round in 0..2 {
+            let mut event = Event::for_order("order.created", &o, Some("rid-1"), Value::Null);
+            let fast =
+                SerializedEvent::order_created_with(event.event_id, event.occurred_at, &o, "rid-1");
+            event.event_id = fast.event_id;
+            assert_eq!(fast.payload, event.to_json(), "round {round}");
+            if round == 0 {
+                o.mark_paid("4200000001", o.total_amount, Utc::now())
+                    .unwrap();
+                o.cancel_reason = Some("why \\ not".into());
+            }
+        }
+    }
 }

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgConnection;
 
-use super::contracts::Event;
+use super::contracts::{Event, SerializedEvent};
 use super::handler::{rejection_data, HandlerConfig, Outcome};
 use super::requests::{Envelope, Request};
 use crate::domain::Order;
@@ -30,7 +30,7 @@ pub async fn apply_places(
 ) -> Result<Vec<Outcome>, StoreError> {
     let mut seen_requests = HashSet::new();
     let mut seen_orders = HashSet::new();
-    let mut fast: Vec<(usize, Order, Event)> = Vec::new();
+    let mut fast: Vec<(usize, Order, SerializedEvent)> = Vec::new();
     let mut rest: Vec<usize> = Vec::new();
     for (i, env) in envs.iter().enumerate() {
         let first_request = seen_requests.insert(env.request_id.as_str());
@@ -42,8 +42,7 @@ pub async fn apply_places(
         };
         match order {
             Some(order) if first_request && seen_orders.insert(order.order_id) => {
-                let rid = Some(env.request_id.as_str());
-                let created = Event::for_order("order.created", &order, rid, Value::Null);
+                let created = SerializedEvent::order_created(&order, env.request_id.as_str());
                 fast.push((i, order, created));
             }
             _ => rest.push(i),
@@ -65,7 +64,7 @@ pub async fn apply_places(
 async fn place_fresh(
     conn: &mut PgConnection,
     envs: &[&Envelope<Request>],
-    fast: &[(usize, Order, Event)],
+    fast: &[(usize, Order, SerializedEvent)],
     outcomes: &mut [Outcome],
     events: &mut Vec<Event>,
 ) -> Result<(), StoreError> {

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::StoreError;
 use crate::domain::Order;
-use crate::messaging::contracts::Event;
+use crate::messaging::contracts::SerializedEvent;
 
 /// A request to place `order`, with its `order.created` event made ready.
 pub struct Placement<'a> {
@@ -20,7 +20,7 @@ pub struct Placement<'a> {
     pub request_type: &'a str,
     pub body_hash: &'a [u8],
     pub order: &'a Order,
-    pub created: &'a Event,
+    pub created: &'a SerializedEvent,
 }
 
 /// What the statement did: the request ids it claimed (new in the inbox)
@@ -58,7 +58,7 @@ pub async fn claim_insert_announce(
     let created: Vec<DateTime<Utc>> = column(placements, |p| p.order.created_at);
     let expires: Vec<DateTime<Utc>> = column(placements, |p| p.order.expires_at);
     let event_ids: Vec<Uuid> = column(placements, |p| p.created.event_id);
-    let payloads: Vec<String> = column(placements, |p| p.created.to_json());
+    let payloads: Vec<&str> = column(placements, |p| p.created.payload.as_str());
     let occurred: Vec<DateTime<Utc>> = column(placements, |p| p.created.occurred_at);
     let rows: Vec<(bool, String)> = sqlx::query_as(
         "WITH input AS ( \
