@@ -260,18 +260,20 @@ async fn collisions_within_one_batch_resolve_in_order() {
     let mut overflow = place_data("alipay");
     overflow["items"] = json!([{"product_id": "p", "quantity": 2, "unit_price": i64::MAX / 2 + 1}]);
     let burst = [
-        ("p1", first.clone()),      // created
-        ("p1", first),              // duplicate: nothing
-        ("p2", same_order),         // order_exists
-        ("p1", other_body),         // request_id_reused
-        ("p3", overflow),           // invalid_request (total overflows)
+        ("p1", first.clone()),        // created
+        ("p1", first),                // duplicate: nothing
+        ("p2", same_order),           // order_exists
+        ("p1", other_body),           // request_id_reused
+        ("p3", overflow),             // invalid_request (total overflows)
         ("p3", place_data("alipay")), // request_id_reused (p3 was the invalid one)
         ("p4", place_data("alipay")), // created, with a generated id
     ];
     for (rid, data) in &burst {
         broker.request("order.place", rid, data.clone()).await;
     }
-    let daemon = Daemon::start(env.settings.clone()).await.expect("daemon starts");
+    let daemon = Daemon::start(env.settings.clone())
+        .await
+        .expect("daemon starts");
     let mut seen = Vec::new();
     for _ in 0..6 {
         let e = broker.next_event(10).await;
@@ -307,10 +309,18 @@ async fn collisions_within_one_batch_resolve_in_order() {
             .fetch_all(&daemon.pool)
             .await
             .unwrap();
-    let outcomes: Vec<(&str, &str)> = outcomes.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let outcomes: Vec<(&str, &str)> = outcomes
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
     assert_eq!(
         outcomes,
-        [("p1", "processed"), ("p2", "order_exists"), ("p3", "invalid_request"), ("p4", "processed")]
+        [
+            ("p1", "processed"),
+            ("p2", "order_exists"),
+            ("p3", "invalid_request"),
+            ("p4", "processed")
+        ]
     );
     daemon.stop().await;
 }
