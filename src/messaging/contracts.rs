@@ -42,23 +42,32 @@ impl Event {
 
     pub fn to_json(&self) -> String {
         // Serialized from borrowed fields: no copy of `data` on the hot path.
-        #[derive(Serialize)]
-        struct Wire<'a> {
-            event_id: &'a Uuid,
-            #[serde(rename = "type")]
-            kind: &'a str,
-            occurred_at: String,
-            request_id: &'a Option<String>,
-            data: &'a Value,
-        }
-        let wire = Wire {
+        Wire {
             event_id: &self.event_id,
             kind: &self.kind,
             occurred_at: rfc3339(self.occurred_at),
-            request_id: &self.request_id,
+            request_id: self.request_id.as_deref(),
             data: &self.data,
-        };
-        serde_json::to_string(&wire).unwrap_or_default()
+        }
+        .print()
+    }
+}
+
+/// The envelope of every event on the wire (CONTRACT §4).
+#[derive(Serialize)]
+struct Wire<'a, D: Serialize> {
+    event_id: &'a Uuid,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    occurred_at: String,
+    request_id: Option<&'a str>,
+    data: D,
+}
+
+impl<D: Serialize> Wire<'_, D> {
+    fn print(&self) -> String {
+        // Serializing strings, numbers and maps with string keys cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
     }
 }
 
@@ -157,33 +166,24 @@ impl SerializedEvent {
         order: &Order,
         request_id: &str,
     ) -> SerializedEvent {
-        // Field for field the `Wire` of `Event::to_json`, with data = {order}.
         #[derive(Serialize)]
         struct Data<'a> {
             order: OrderJson<'a>,
         }
-        #[derive(Serialize)]
-        struct Wire<'a> {
-            event_id: &'a Uuid,
-            #[serde(rename = "type")]
-            kind: &'a str,
-            occurred_at: String,
-            request_id: &'a str,
-            data: Data<'a>,
-        }
-        let wire = Wire {
+        let payload = Wire {
             event_id: &event_id,
             kind: "order.created",
             occurred_at: rfc3339(occurred_at),
-            request_id,
+            request_id: Some(request_id),
             data: Data {
                 order: OrderJson::of(order),
             },
-        };
+        }
+        .print();
         SerializedEvent {
             event_id,
             occurred_at,
-            payload: serde_json::to_string(&wire).unwrap_or_default(),
+            payload,
         }
     }
 }
