@@ -81,7 +81,8 @@ async fn publish_all(ch: &Channel, queue: &str, bodies: impl Iterator<Item = Vec
     }
 }
 
-async fn broker_ceiling(prefix: &str, n: usize) -> f64 {
+/// A connection and a channel on it in publisher-confirm mode.
+async fn confirming_channel() -> (Connection, Channel) {
     let conn = Connection::connect(AMQP, ConnectionProperties::default())
         .await
         .expect("amqp");
@@ -89,6 +90,11 @@ async fn broker_ceiling(prefix: &str, n: usize) -> f64 {
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .expect("confirm");
+    (conn, ch)
+}
+
+async fn broker_ceiling(prefix: &str, n: usize) -> f64 {
+    let (conn, ch) = confirming_channel().await;
     let queue = format!("{prefix}.baseline");
     let mut args = FieldTable::default();
     args.insert(
@@ -164,13 +170,7 @@ async fn payrecon_rate(prefix: &str, n: usize) -> f64 {
     s.simulator.listen = "127.0.0.1:0".into();
     let keys = tempfile::tempdir().expect("tempdir");
     s.simulator.keys_dir = keys.path().to_path_buf();
-    let conn = Connection::connect(AMQP, ConnectionProperties::default())
-        .await
-        .expect("amqp");
-    let ch = conn.create_channel().await.expect("channel");
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .expect("confirm");
+    let (_conn, ch) = confirming_channel().await;
     let names = payrecon::messaging::topology::Names::new(prefix);
     payrecon::messaging::topology::declare(&ch, &names)
         .await

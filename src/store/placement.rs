@@ -2,7 +2,8 @@
 //! the inbox, insert the orders whose claim is new, and write the
 //! `order.created` event of each order inserted. One round trip (and one
 //! plan) per batch instead of three; the rows and outcomes are those of
-//! `inbox::claim_many` + `orders::insert_many` + `outbox::enqueue_many`.
+//! `inbox::claim_many`, then `orders::insert` of each claimed request, then
+//! `outbox::enqueue_many`.
 
 use std::collections::HashSet;
 
