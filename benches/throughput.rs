@@ -18,13 +18,17 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeleteOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use payrecon::config::{Secret, Settings};
 use payrecon::messaging::publisher::{self, Outgoing};
+use payrecon::messaging::topology::{self, Names};
+
+#[path = "support/cpu.rs"]
+mod cpu;
+use cpu::CpuTicks;
 
 const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -48,9 +52,11 @@ fn main() {
         for round in 1..=rounds {
             let tag = uuid::Uuid::new_v4().simple().to_string();
             let prefix = format!("bench_{}", &tag[..10]);
-            let baseline = broker_ceiling(&prefix, n).await;
-            let ours = payrecon_rate(&prefix, n).await;
+            let (baseline, base_cpu) = broker_ceiling(&prefix, n).await;
+            let (ours, our_cpu) = payrecon_rate(&prefix, n).await;
             println!("round {round}: broker ceiling {baseline:>8.0} msg/s, payrecon {ours:>8.0} msg/s, ratio {:.3}", ours / baseline);
+            println!("  CPU µs/msg  baseline: bench {:.0}, postgres {:.0}, broker {:.0}", base_cpu.0, base_cpu.1, base_cpu.2);
+            println!("              payrecon: daemon+bench {:.0}, postgres {:.0}, broker {:.0}", our_cpu.0, our_cpu.1, our_cpu.2);
             ratios.push(ours / baseline);
         }
         ratios.sort_by(|a, b| a.total_cmp(b));
@@ -93,30 +99,23 @@ async fn confirming_channel() -> (Connection, Channel) {
     (conn, ch)
 }
 
-async fn broker_ceiling(prefix: &str, n: usize) -> f64 {
+/// Messages per second, and CPU µs per message of (this process, PostgreSQL, broker).
+type Measured = (f64, (f64, f64, f64));
+
+async fn broker_ceiling(prefix: &str, n: usize) -> Measured {
     let (conn, ch) = confirming_channel().await;
-    let queue = format!("{prefix}.baseline");
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(LongString::from("quorum")),
-    );
-    ch.queue_declare(
-        queue.as_str().into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        args,
-    )
-    .await
-    .expect("declare");
+    // The very queue the daemon consumes (a quorum queue with its delivery
+    // limit and dead-letter exchange), under a prefix of its own.
+    let names = Names::new(&format!("{prefix}_base"));
+    topology::declare(&ch, &names).await.expect("topology");
+    let queue = names.requests.clone();
     let consumer_ch = conn.create_channel().await.expect("channel");
     consumer_ch
         .basic_qos(256, BasicQosOptions::default())
         .await
         .expect("qos");
     let body = sample_request("baseline").into_bytes();
+    let cpu = CpuTicks::now();
     let start = Instant::now();
     let mut consumer = consumer_ch
         .basic_consume(
@@ -146,10 +145,9 @@ async fn broker_ceiling(prefix: &str, n: usize) -> f64 {
     publish_all(&ch, &queue, (0..n).map(|_| body.clone())).await;
     consume.await.expect("consumer");
     let rate = n as f64 / start.elapsed().as_secs_f64();
-    let _ = ch
-        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-        .await;
-    rate
+    let cpu = CpuTicks::now().per_message_since(&cpu, n);
+    delete_topology(&ch, &names).await;
+    (rate, cpu)
 }
 
 fn sample_request(rid: &str) -> String {
@@ -161,7 +159,7 @@ fn sample_request(rid: &str) -> String {
     .to_string()
 }
 
-async fn payrecon_rate(prefix: &str, n: usize) -> f64 {
+async fn payrecon_rate(prefix: &str, n: usize) -> Measured {
     let db = prefix.to_string();
     let mut s = Settings::default();
     s.database.url = Secret(format!("postgres://postgres@127.0.0.1:5432/{db}"));
@@ -171,11 +169,10 @@ async fn payrecon_rate(prefix: &str, n: usize) -> f64 {
     let keys = tempfile::tempdir().expect("tempdir");
     s.simulator.keys_dir = keys.path().to_path_buf();
     let (_conn, ch) = confirming_channel().await;
-    let names = payrecon::messaging::topology::Names::new(prefix);
-    payrecon::messaging::topology::declare(&ch, &names)
-        .await
-        .expect("topology");
+    let names = Names::new(prefix);
+    topology::declare(&ch, &names).await.expect("topology");
     let daemon = payrecon::app::Daemon::start(s).await.expect("daemon");
+    let cpu = CpuTicks::now();
     let start = Instant::now();
     publish_all(
         &ch,
@@ -206,7 +203,18 @@ async fn payrecon_rate(prefix: &str, n: usize) -> f64 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let rate = n as f64 / start.elapsed().as_secs_f64();
+    let cpu = CpuTicks::now().per_message_since(&cpu, n);
     daemon.stop().await;
+    delete_topology(&ch, &names).await;
+    if let Ok(pool) = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres").await {
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
+            .execute(&pool)
+            .await;
+    }
+    (rate, cpu)
+}
+
+async fn delete_topology(ch: &Channel, names: &Names) {
     for q in [
         &names.requests,
         &names.notifications,
@@ -222,10 +230,4 @@ async fn payrecon_rate(prefix: &str, n: usize) -> f64 {
             .exchange_delete(x.as_str().into(), Default::default())
             .await;
     }
-    if let Ok(pool) = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres").await {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
-            .execute(&pool)
-            .await;
-    }
-    rate
 }

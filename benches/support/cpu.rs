@@ -1,0 +1,62 @@
+//! CPU time per process group, read from /proc (Linux): the throughput
+//! bench reports where a message's CPU goes, which on a noisy shared
+//! machine is steadier than the messages per second it yields.
+
+use std::fs;
+
+/// Clock ticks (utime + stime) of this process, of PostgreSQL's processes
+/// and of the broker's (Erlang VM).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuTicks {
+    pub this: u64,
+    pub postgres: u64,
+    pub broker: u64,
+}
+
+impl CpuTicks {
+    pub fn now() -> CpuTicks {
+        let mut t = CpuTicks {
+            this: ticks_of("self").unwrap_or(0),
+            ..CpuTicks::default()
+        };
+        let Ok(dir) = fs::read_dir("/proc") else {
+            return t;
+        };
+        for entry in dir.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
+            else {
+                continue;
+            };
+            let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            match comm.trim() {
+                "postgres" => t.postgres += ticks_of(pid).unwrap_or(0),
+                "beam.smp" => t.broker += ticks_of(pid).unwrap_or(0),
+                _ => {}
+            }
+        }
+        t
+    }
+
+    /// Microseconds of CPU per message of each group since `earlier`
+    /// (`USER_HZ` is 100 on Linux).
+    pub fn per_message_since(&self, earlier: &CpuTicks, n: usize) -> (f64, f64, f64) {
+        let us = |a: u64, b: u64| a.saturating_sub(b) as f64 * 10_000.0 / n as f64;
+        (
+            us(self.this, earlier.this),
+            us(self.postgres, earlier.postgres),
+            us(self.broker, earlier.broker),
+        )
+    }
+}
+
+/// utime + stime of /proc/<pid>/stat: fields 14 and 15, counted after the
+/// command name, which is in parentheses and may contain spaces.
+fn ticks_of(pid: &str) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+}
