@@ -24,6 +24,10 @@ use super::publisher::{self, Outgoing};
 pub struct BatchResult {
     /// Deliveries (by index) to move to the dead-letter queue, with the reason.
     pub dead_letters: Vec<(usize, String)>,
+    /// The batch may have scheduled gateway work (a payment, a close, a
+    /// refund, a reconciliation): wake its runner. A run of order.place
+    /// schedules none, and waking the runner for it costs a query per batch.
+    pub scheduled_work: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,8 +51,14 @@ pub trait BatchProcessor: Send + Sync {
     }
 }
 
-/// Who to wake after a batch committed (the outbox relay, the payments runner).
-pub type Wakers = Arc<Vec<Arc<Notify>>>;
+/// Who to wake after a batch committed.
+#[derive(Clone)]
+pub struct Wakers {
+    /// The outbox relay: any batch may have written events.
+    pub relay: Arc<Notify>,
+    /// Runners of gateway work, for batches that scheduled some.
+    pub work: Arc<Vec<Arc<Notify>>>,
+}
 
 pub struct ConsumerSpec {
     pub queue: String,
@@ -227,8 +237,12 @@ async fn finish(
 ) -> Result<bool, ConsumerError> {
     match joined {
         Ok(Some(result)) => {
+            let scheduled_work = result.scheduled_work;
             settle(channel, spec, &done.batch, result).await?;
-            committed.iter().for_each(|w| w.notify_one());
+            committed.relay.notify_one();
+            if scheduled_work {
+                committed.work.iter().for_each(|w| w.notify_one());
+            }
             Ok(true)
         }
         Ok(None) => Ok(false),

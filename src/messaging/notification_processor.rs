@@ -112,7 +112,11 @@ impl BatchProcessor for NotificationProcessor {
             let outcome = if r.is_ok() { "applied" } else { "rejected" };
             metrics::counter!("payrecon_messages_total", "queue" => "notifications", "type" => NOTIFICATION_TYPE, "outcome" => outcome).increment(1);
         }
-        Ok(BatchResult { dead_letters })
+        // Few and far between: always worth a look at the runner's queue.
+        Ok(BatchResult {
+            dead_letters,
+            scheduled_work: true,
+        })
     }
 }
 

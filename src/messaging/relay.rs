@@ -1,8 +1,9 @@
 //! The outbox relay: publishes committed events to `P.events` in id order
-//! with publisher confirms, and marks them published only after the broker
-//! acknowledged them (then deletes them). A crash in between republishes the same bytes with
-//! the same `event_id` (at-least-once); nothing is published that was not
-//! committed.
+//! with publisher confirms. It takes (deletes) a round of events in a
+//! transaction that commits only after the broker confirmed all of them; a
+//! nack, an error or a crash in between rolls the deletion back, and the
+//! next round republishes the same bytes with the same `event_id`
+//! (at-least-once). Nothing is published that was not committed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,7 +89,7 @@ pub async fn relay_once(
     if !outbox::take_relay_turn(&mut tx).await? {
         return Ok(0);
     }
-    let rows = outbox::pending(&mut tx, BATCH).await?;
+    let rows = outbox::take_pending(&mut tx, BATCH).await?;
     if rows.is_empty() {
         return Ok(0);
     }
@@ -104,14 +105,17 @@ pub async fn relay_once(
         })
         .collect();
     let acked = publisher::publish_all(channel, messages).await?;
-    let ids: Vec<i64> = rows
-        .iter()
-        .zip(&acked)
-        .filter(|(_, ok)| **ok)
-        .map(|(r, _)| r.id)
-        .collect();
-    outbox::delete_published(&mut tx, &ids).await?;
+    if acked.iter().any(|ok| !ok) {
+        // Dropping `tx` rolls the round back: every event of it, confirmed
+        // or not, is published again by the next one.
+        metrics::counter!("payrecon_events_nacked_total").increment(1);
+        tracing::warn!(
+            events = rows.len(),
+            "broker nacked events; republishing the round"
+        );
+        return Ok(0);
+    }
     tx.commit().await?;
-    metrics::counter!("payrecon_events_published_total").increment(ids.len() as u64);
-    Ok(ids.len())
+    metrics::counter!("payrecon_events_published_total").increment(rows.len() as u64);
+    Ok(rows.len())
 }

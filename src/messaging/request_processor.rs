@@ -136,7 +136,15 @@ impl BatchProcessor for RequestProcessor {
                 metrics::counter!("payrecon_messages_total", "queue" => "requests", "type" => kind, "outcome" => "invalid").increment(1);
             }
             dead_letters.extend(poison);
-            return Ok(BatchResult { dead_letters });
+            // Only requests other than order.place schedule gateway work.
+            let scheduled_work = parsed
+                .iter()
+                .flatten()
+                .any(|env| !matches!(env.body, Request::PlaceOrder(_)));
+            return Ok(BatchResult {
+                dead_letters,
+                scheduled_work,
+            });
         }
     }
 }

@@ -70,9 +70,10 @@ pub async fn supervise(
     also_wake: Vec<Arc<Notify>>,
     shutdown: CancellationToken,
 ) {
-    let mut wakers = vec![wake.clone()];
-    wakers.extend(also_wake);
-    let wakers: consumer::Wakers = Arc::new(wakers);
+    let wakers = consumer::Wakers {
+        relay: wake.clone(),
+        work: Arc::new(also_wake),
+    };
     let names = Names::new(&amqp.prefix);
     let shared = Shared {
         amqp: &amqp,
