@@ -49,18 +49,27 @@ fn main() {
         // Alternate baseline and payrecon so that a change in the machine's
         // load hits both sides of a ratio alike; report the median round.
         let mut ratios = Vec::new();
+        let mut floors = Vec::new();
         for round in 1..=rounds {
             let tag = uuid::Uuid::new_v4().simple().to_string();
             let prefix = format!("bench_{}", &tag[..10]);
-            let (baseline, base_cpu) = broker_ceiling(&prefix, n).await;
+            let (baseline, base_cpu) = broker_ceiling(&prefix, n, false).await;
+            let (floor, floor_cpu) = broker_ceiling(&prefix, n, true).await;
             let (ours, our_cpu) = payrecon_rate(&prefix, n).await;
             println!("round {round}: broker ceiling {baseline:>8.0} msg/s, payrecon {ours:>8.0} msg/s, ratio {:.3}", ours / baseline);
+            println!("  messaging floor (the baseline + one event published per message) {floor:>8.0} msg/s, ratio {:.3}", floor / baseline);
             println!("  CPU µs/msg  baseline: bench {:.0}, postgres {:.0}, broker {:.0}", base_cpu.0, base_cpu.1, base_cpu.2);
+            println!("              floor:    bench {:.0}, postgres {:.0}, broker {:.0}", floor_cpu.0, floor_cpu.1, floor_cpu.2);
             println!("              payrecon: daemon+bench {:.0}, postgres {:.0}, broker {:.0}", our_cpu.0, our_cpu.1, our_cpu.2);
             ratios.push(ours / baseline);
+            floors.push(floor / baseline);
         }
-        ratios.sort_by(|a, b| a.total_cmp(b));
-        let median = ratios[ratios.len() / 2];
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(|a, b| a.total_cmp(b));
+            v[v.len() / 2]
+        };
+        println!("messaging floor / broker ceiling: median ratio {:.3} (what a consumer with no database and no logic reaches)", median(floors));
+        let median = median(ratios);
         println!("order.place throughput / broker ceiling: median ratio {median:.3} over {rounds} rounds of {n} (target >= 0.5)");
     });
 }
@@ -102,11 +111,18 @@ async fn confirming_channel() -> (Connection, Channel) {
 /// Messages per second, and CPU µs per message of (this process, PostgreSQL, broker).
 type Measured = (f64, (f64, f64, f64));
 
-async fn broker_ceiling(prefix: &str, n: usize) -> Measured {
+/// Publishes N requests with confirms and consumes and acks them. With
+/// `events`, the consumer also publishes one event of an order.created's
+/// size per message to `P.events` with confirms before each ack, as
+/// payrecon must: the messaging alone, without PostgreSQL or any logic.
+async fn broker_ceiling(prefix: &str, n: usize, events: bool) -> Measured {
     let (conn, ch) = confirming_channel().await;
     // The very queue the daemon consumes (a quorum queue with its delivery
     // limit and dead-letter exchange), under a prefix of its own.
-    let names = Names::new(&format!("{prefix}_base"));
+    let names = Names::new(&format!(
+        "{prefix}_{}",
+        if events { "floor" } else { "base" }
+    ));
     topology::declare(&ch, &names).await.expect("topology");
     let queue = names.requests.clone();
     let consumer_ch = conn.create_channel().await.expect("channel");
@@ -126,12 +142,29 @@ async fn broker_ceiling(prefix: &str, n: usize) -> Measured {
         )
         .await
         .expect("consume");
+    // Events go out from a task of their own, as the daemon's relay does,
+    // so consuming never waits for their confirms.
+    let (due, mut events_due) = tokio::sync::mpsc::unbounded_channel::<usize>();
+    let (_events_conn, events_ch) = confirming_channel().await;
+    let exchange = names.events.clone();
+    let relay = tokio::spawn(async move {
+        let event = vec![b'e'; 560];
+        while let Some(mut count) = events_due.recv().await {
+            while let Ok(more) = events_due.try_recv() {
+                count += more;
+            }
+            publish_events(&events_ch, &exchange, &event, count).await;
+        }
+    });
     let consume = tokio::spawn(async move {
         let mut seen = 0;
         while let Some(Ok(d)) = consumer.next().await {
             seen += 1;
             // The same multiple-ack every 64 messages a batching consumer would use.
             if seen % 64 == 0 || seen == n {
+                if events {
+                    let _ = due.send(if seen % 64 == 0 { 64 } else { seen % 64 });
+                }
                 d.acker
                     .ack(BasicAckOptions { multiple: true })
                     .await
@@ -144,10 +177,32 @@ async fn broker_ceiling(prefix: &str, n: usize) -> Measured {
     });
     publish_all(&ch, &queue, (0..n).map(|_| body.clone())).await;
     consume.await.expect("consumer");
+    relay.await.expect("events");
     let rate = n as f64 / start.elapsed().as_secs_f64();
     let cpu = CpuTicks::now().per_message_since(&cpu, n);
     delete_topology(&ch, &names).await;
     (rate, cpu)
+}
+
+async fn publish_events(ch: &Channel, exchange: &str, body: &[u8], count: usize) {
+    let ids: Vec<String> = (0..count)
+        .map(|_| uuid::Uuid::new_v4().to_string())
+        .collect();
+    let messages = ids
+        .iter()
+        .map(|id| Outgoing {
+            exchange,
+            routing_key: "order.created",
+            body,
+            properties: publisher::json_properties()
+                .with_message_id(id.as_str().into())
+                .with_type("order.created".into()),
+        })
+        .collect();
+    let acked = publisher::publish_all(ch, messages)
+        .await
+        .expect("publish events");
+    assert!(acked.iter().all(|ok| *ok), "broker nacked an event");
 }
 
 fn sample_request(rid: &str) -> String {
