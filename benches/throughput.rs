@@ -28,7 +28,7 @@ use payrecon::messaging::topology::{self, Names};
 
 #[path = "support/cpu.rs"]
 mod cpu;
-use cpu::CpuTicks;
+use cpu::{CpuTicks, MachineShare};
 
 const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
@@ -53,14 +53,17 @@ fn main() {
         for round in 1..=rounds {
             let tag = uuid::Uuid::new_v4().simple().to_string();
             let prefix = format!("bench_{}", &tag[..10]);
-            let (baseline, base_cpu) = broker_ceiling(&prefix, n, false).await;
-            let (floor, floor_cpu) = broker_ceiling(&prefix, n, true).await;
-            let (ours, our_cpu) = payrecon_rate(&prefix, n).await;
+            let (baseline, base_cpu, base_m) = broker_ceiling(&prefix, n, false).await;
+            let (floor, floor_cpu, floor_m) = broker_ceiling(&prefix, n, true).await;
+            let (ours, our_cpu, our_m) = payrecon_rate(&prefix, n).await;
             println!("round {round}: broker ceiling {baseline:>8.0} msg/s, payrecon {ours:>8.0} msg/s, ratio {:.3}", ours / baseline);
             println!("  messaging floor (the baseline + one event published per message) {floor:>8.0} msg/s, ratio {:.3}", floor / baseline);
             println!("  CPU µs/msg  baseline: bench {:.0}, postgres {:.0}, broker {:.0}", base_cpu.0, base_cpu.1, base_cpu.2);
             println!("              floor:    bench {:.0}, postgres {:.0}, broker {:.0}", floor_cpu.0, floor_cpu.1, floor_cpu.2);
             println!("              payrecon: daemon+bench {:.0}, postgres {:.0}, broker {:.0}", our_cpu.0, our_cpu.1, our_cpu.2);
+            for (side, m) in [("baseline", base_m), ("floor", floor_m), ("payrecon", our_m)] {
+                println!("  machine during {side:<8}: busy {:.0}%, idle {:.0}%, iowait {:.0}%, steal {:.0}%", m.busy, m.idle, m.iowait, m.steal);
+            }
             ratios.push(ours / baseline);
             floors.push(floor / baseline);
         }
@@ -108,8 +111,9 @@ async fn confirming_channel() -> (Connection, Channel) {
     (conn, ch)
 }
 
-/// Messages per second, and CPU µs per message of (this process, PostgreSQL, broker).
-type Measured = (f64, (f64, f64, f64));
+/// Messages per second, CPU µs per message of (this process, PostgreSQL,
+/// broker), and how busy the machine was.
+type Measured = (f64, (f64, f64, f64), MachineShare);
 
 /// Publishes N requests with confirms and consumes and acks them. With
 /// `events`, the consumer also publishes one event of an order.created's
@@ -179,9 +183,11 @@ async fn broker_ceiling(prefix: &str, n: usize, events: bool) -> Measured {
     consume.await.expect("consumer");
     relay.await.expect("events");
     let rate = n as f64 / start.elapsed().as_secs_f64();
-    let cpu = CpuTicks::now().per_message_since(&cpu, n);
+    let now = CpuTicks::now();
+    let machine = now.machine_since(&cpu);
+    let cpu = now.per_message_since(&cpu, n);
     delete_topology(&ch, &names).await;
-    (rate, cpu)
+    (rate, cpu, machine)
 }
 
 async fn publish_events(ch: &Channel, exchange: &str, body: &[u8], count: usize) {
@@ -258,7 +264,9 @@ async fn payrecon_rate(prefix: &str, n: usize) -> Measured {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let rate = n as f64 / start.elapsed().as_secs_f64();
-    let cpu = CpuTicks::now().per_message_since(&cpu, n);
+    let now = CpuTicks::now();
+    let machine = now.machine_since(&cpu);
+    let cpu = now.per_message_since(&cpu, n);
     daemon.stop().await;
     delete_topology(&ch, &names).await;
     if let Ok(pool) = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres").await {
@@ -266,7 +274,7 @@ async fn payrecon_rate(prefix: &str, n: usize) -> Measured {
             .execute(&pool)
             .await;
     }
-    (rate, cpu)
+    (rate, cpu, machine)
 }
 
 async fn delete_topology(ch: &Channel, names: &Names) {

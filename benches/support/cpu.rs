@@ -11,12 +11,26 @@ pub struct CpuTicks {
     pub this: u64,
     pub postgres: u64,
     pub broker: u64,
+    /// The whole machine (/proc/stat): busy, idle, waiting for I/O, stolen
+    /// by the hypervisor.
+    pub machine: [u64; 4],
+}
+
+/// Where a phase's wall time went on the machine as a whole, in percent
+/// of all cores: busy, idle, waiting for I/O, stolen.
+#[derive(Debug, Clone, Copy)]
+pub struct MachineShare {
+    pub busy: f64,
+    pub idle: f64,
+    pub iowait: f64,
+    pub steal: f64,
 }
 
 impl CpuTicks {
     pub fn now() -> CpuTicks {
         let mut t = CpuTicks {
             this: ticks_of("self").unwrap_or(0),
+            machine: machine_ticks().unwrap_or_default(),
             ..CpuTicks::default()
         };
         let Ok(dir) = fs::read_dir("/proc") else {
@@ -50,6 +64,38 @@ impl CpuTicks {
             us(self.broker, earlier.broker),
         )
     }
+}
+
+impl CpuTicks {
+    pub fn machine_since(&self, earlier: &CpuTicks) -> MachineShare {
+        let d: Vec<f64> = (0..4)
+            .map(|i| self.machine[i].saturating_sub(earlier.machine[i]) as f64)
+            .collect();
+        let total: f64 = d.iter().sum::<f64>().max(1.0);
+        MachineShare {
+            busy: 100.0 * d[0] / total,
+            idle: 100.0 * d[1] / total,
+            iowait: 100.0 * d[2] / total,
+            steal: 100.0 * d[3] / total,
+        }
+    }
+}
+
+/// The first line of /proc/stat: user nice system idle iowait irq softirq
+/// steal, folded into busy, idle, iowait, steal.
+fn machine_ticks() -> Option<[u64; 4]> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    if v.len() < 8 {
+        return None;
+    }
+    Some([v[0] + v[1] + v[2] + v[5] + v[6], v[3], v[4], v[7]])
 }
 
 /// utime + stime of /proc/<pid>/stat: fields 14 and 15, counted after the
