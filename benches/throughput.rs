@@ -140,6 +140,12 @@ async fn broker_ceiling(prefix: &str, n: usize, events: bool) -> Measured {
         .await
         .expect("qos");
     let body = sample_request("baseline").into_bytes();
+    // Connected before the clock starts, as the daemon is (see payrecon_rate).
+    let events_ch = if events {
+        Some(confirming_channel().await)
+    } else {
+        None
+    };
     let cpu = CpuTicks::now();
     let start = Instant::now();
     let mut consumer = consumer_ch
@@ -154,8 +160,7 @@ async fn broker_ceiling(prefix: &str, n: usize, events: bool) -> Measured {
     // Events go out from a task of their own, as the daemon's relay does,
     // so consuming never waits for their confirms.
     let (due, mut events_due) = tokio::sync::mpsc::unbounded_channel::<usize>();
-    let relay = if events {
-        let (events_conn, events_ch) = confirming_channel().await;
+    let relay = if let Some((events_conn, events_ch)) = events_ch {
         let exchange = names.events.clone();
         Some(tokio::spawn(async move {
             let event = vec![b'e'; 560];
@@ -245,6 +250,10 @@ async fn payrecon_rate(prefix: &str, n: usize) -> Measured {
     let names = Names::new(prefix);
     topology::declare(&ch, &names).await.expect("topology");
     let daemon = payrecon::app::Daemon::start(s).await.expect("daemon");
+    // The clock measures processing, not start-up: the daemon connects to
+    // the broker and starts consuming after `start` returns, so wait until
+    // it says it is ready, as a deployment's load balancer would.
+    wait_ready(daemon.http_addr).await;
     let cpu = CpuTicks::now();
     let start = Instant::now();
     publish_all(
@@ -287,6 +296,20 @@ async fn payrecon_rate(prefix: &str, n: usize) -> Measured {
             .await;
     }
     (rate, cpu, machine)
+}
+
+async fn wait_ready(addr: std::net::SocketAddr) {
+    let url = format!("http://{addr}/readyz");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(r) = reqwest::get(&url).await {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the daemon did not become ready within 30 s");
 }
 
 async fn delete_topology(ch: &Channel, names: &Names) {
