@@ -168,10 +168,9 @@ async fn redelivery_after_commit_without_ack_has_no_second_effect() {
             pay_timeout: chrono::Duration::minutes(30),
         },
     };
-    processor
-        .process(std::slice::from_ref(&got.delivery))
-        .await
-        .unwrap();
+    let batch = std::slice::from_ref(&got.delivery);
+    let (parsed, _) = processor.parse(batch);
+    processor.process(batch, &parsed).await.unwrap();
     victim
         .close(200, "simulated crash before ack".into())
         .await

@@ -39,16 +39,22 @@ pub enum ProcessError {
 }
 
 #[async_trait]
-pub trait BatchProcessor: Send + Sync {
-    async fn process(&self, batch: &[Delivery]) -> Result<BatchResult, ProcessError>;
+pub trait BatchProcessor: Send + Sync + 'static {
+    /// What the processor reads of a batch's bodies: read once, when the
+    /// batch is formed, and handed to `process` (and to its retries).
+    type Parsed: Send + Sync + 'static;
 
-    /// What the batch's requests touch (e.g. order ids). A batch may be
-    /// processed while the previous one is still committing only if their
-    /// keys are disjoint; otherwise it waits, so a request always sees the
-    /// effects of the requests before it. `None`: always wait.
-    fn conflict_keys(&self, _batch: &[Delivery]) -> Option<HashSet<String>> {
-        None
-    }
+    /// Reads the batch, and says what its requests touch (e.g. order ids).
+    /// A batch may be processed while the previous one is still committing
+    /// only if their keys are disjoint; otherwise it waits, so a request
+    /// always sees the effects of the requests before it. `None`: always wait.
+    fn parse(&self, batch: &[Delivery]) -> (Self::Parsed, Option<HashSet<String>>);
+
+    async fn process(
+        &self,
+        batch: &[Delivery],
+        parsed: &Self::Parsed,
+    ) -> Result<BatchResult, ProcessError>;
 }
 
 /// Who to wake after a batch committed.
@@ -85,10 +91,10 @@ pub enum ConsumerError {
 /// Consumes until `shutdown` (Ok) or until the broker side fails (Err, so the
 /// supervisor reconnects). `committed` is notified after every batch so the
 /// outbox relay publishes the new events and the runner starts new gateway tasks at once.
-pub async fn run(
+pub async fn run<P: BatchProcessor>(
     channel: Channel,
     spec: ConsumerSpec,
-    processor: Arc<dyn BatchProcessor>,
+    processor: Arc<P>,
     committed: Wakers,
     shutdown: CancellationToken,
 ) -> Result<(), ConsumerError> {
@@ -137,7 +143,7 @@ pub async fn run(
                 Err(_) => break,
             }
         }
-        let keys = processor.conflict_keys(&batch);
+        let (parsed, keys) = processor.parse(&batch);
         // A batch that touches what an unsettled one touches waits for all
         // of them, so a request always sees the effects of those before it.
         let independent = keys.as_ref().is_some_and(|k| {
@@ -153,6 +159,7 @@ pub async fn run(
         let handle = tokio::spawn(process_with_retry(
             processor.clone(),
             batch.clone(),
+            parsed,
             shutdown.clone(),
         ));
         inflight.push_back(InFlight {
@@ -250,14 +257,15 @@ async fn finish(
     }
 }
 
-async fn process_with_retry(
-    processor: Arc<dyn BatchProcessor>,
+async fn process_with_retry<P: BatchProcessor>(
+    processor: Arc<P>,
     batch: Arc<Vec<Delivery>>,
+    parsed: P::Parsed,
     shutdown: CancellationToken,
 ) -> Option<BatchResult> {
     let mut pause = Duration::from_millis(100);
     loop {
-        match processor.process(&batch).await {
+        match processor.process(&batch, &parsed).await {
             Ok(result) => return Some(result),
             Err(ProcessError::Transient(why)) => {
                 tracing::warn!(error = %why, batch = batch.len(), "batch not committed, will retry");

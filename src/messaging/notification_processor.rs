@@ -3,7 +3,7 @@
 //! decryption) before anything else; an unverifiable one is dead-lettered
 //! with the reason and changes nothing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -90,7 +90,16 @@ impl NotificationProcessor {
 
 #[async_trait]
 impl BatchProcessor for NotificationProcessor {
-    async fn process(&self, batch: &[Delivery]) -> Result<BatchResult, ProcessError> {
+    /// Verified in `process`, against the clock of the attempt; a
+    /// notification names no order until it is verified, so batches wait
+    /// for each other.
+    type Parsed = ();
+
+    fn parse(&self, _batch: &[Delivery]) -> ((), Option<HashSet<String>>) {
+        ((), None)
+    }
+
+    async fn process(&self, batch: &[Delivery], _: &()) -> Result<BatchResult, ProcessError> {
         let now = Utc::now();
         let checked: Vec<Result<Verified, String>> =
             batch.iter().map(|d| self.verify(d, now)).collect();

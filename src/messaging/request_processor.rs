@@ -3,7 +3,7 @@
 //! the batch is retried without it and it is dead-lettered, so one bad
 //! message never sinks the others.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use chrono::Utc;
@@ -27,36 +27,31 @@ fn transient(e: impl std::fmt::Display) -> ProcessError {
     ProcessError::Transient(e.to_string())
 }
 
-/// Just enough of a request to know which order it touches.
-#[derive(serde::Deserialize)]
-struct KeyProbe {
-    data: Option<KeyData>,
-}
-
-#[derive(serde::Deserialize)]
-struct KeyData {
-    order_id: Option<serde_json::Value>,
-}
-
 #[async_trait]
 impl BatchProcessor for RequestProcessor {
-    /// The orders a batch names. Requests without an order id (a place with
-    /// a generated id, recon.run, unparsable bodies) conflict with nothing;
-    /// a repeated request id is serialized by the inbox's unique index.
-    fn conflict_keys(&self, batch: &[Delivery]) -> Option<std::collections::HashSet<String>> {
-        Some(
-            batch
-                .iter()
-                .filter_map(|d| serde_json::from_slice::<KeyProbe>(&d.data).ok())
-                .filter_map(|p| p.data.and_then(|d| d.order_id))
-                .map(|id| id.to_string())
-                .collect(),
-        )
+    type Parsed = Vec<Result<Envelope<Request>, Invalid>>;
+
+    /// Parses every body once; the keys are the orders the batch names.
+    /// Requests without an order id (a place with a generated id,
+    /// recon.run) and invalid ones (they touch no order) conflict with
+    /// nothing; a repeated request id is serialized by the inbox's unique
+    /// index.
+    fn parse(&self, batch: &[Delivery]) -> (Self::Parsed, Option<HashSet<String>>) {
+        let parsed: Self::Parsed = batch.iter().map(|d| parse_request(&d.data)).collect();
+        let keys = parsed
+            .iter()
+            .flatten()
+            .filter_map(|env| env.body.order_id())
+            .map(|id| id.to_string())
+            .collect();
+        (parsed, Some(keys))
     }
 
-    async fn process(&self, batch: &[Delivery]) -> Result<BatchResult, ProcessError> {
-        let parsed: Vec<Result<Envelope<Request>, Invalid>> =
-            batch.iter().map(|d| parse_request(&d.data)).collect();
+    async fn process(
+        &self,
+        batch: &[Delivery],
+        parsed: &Self::Parsed,
+    ) -> Result<BatchResult, ProcessError> {
         let mut poison: HashMap<usize, String> = HashMap::new();
         // The bulk path cannot tell which of its requests failed; after a
         // non-transient failure the batch is redone one by one to find it.

@@ -15,8 +15,10 @@ use sqlx::PgPool;
 use tokio::sync::{Notify, RwLock};
 use tokio_util::sync::CancellationToken;
 
-use super::consumer::{self, BatchProcessor, ConsumerSpec};
+use super::consumer::{self, ConsumerSpec};
+use super::notification_processor::NotificationProcessor;
 use super::relay;
+use super::request_processor::RequestProcessor;
 use super::topology::{self, Names};
 use crate::config::AmqpSettings;
 
@@ -44,8 +46,8 @@ impl BrokerState {
 }
 
 pub struct Processors {
-    pub requests: Arc<dyn BatchProcessor>,
-    pub notifications: Arc<dyn BatchProcessor>,
+    pub requests: Arc<RequestProcessor>,
+    pub notifications: Arc<NotificationProcessor>,
 }
 
 /// Batches never exceed this, whatever the prefetch: a transaction of a few
