@@ -203,7 +203,7 @@ async fn broker_ceiling(prefix: &str, n: usize, events: bool) -> Measured {
     let now = CpuTicks::now();
     let machine = now.machine_since(&cpu);
     let cpu = now.per_message_since(&cpu, n);
-    delete_topology(&ch, &names).await;
+    delete_topology(&conn, &names).await;
     (rate, cpu, machine)
 }
 
@@ -246,7 +246,7 @@ async fn payrecon_rate(prefix: &str, n: usize) -> Measured {
     s.simulator.listen = "127.0.0.1:0".into();
     let keys = tempfile::tempdir().expect("tempdir");
     s.simulator.keys_dir = keys.path().to_path_buf();
-    let (_conn, ch) = confirming_channel().await;
+    let (conn, ch) = confirming_channel().await;
     let names = Names::new(prefix);
     topology::declare(&ch, &names).await.expect("topology");
     let daemon = payrecon::app::Daemon::start(s).await.expect("daemon");
@@ -289,7 +289,7 @@ async fn payrecon_rate(prefix: &str, n: usize) -> Measured {
     let machine = now.machine_since(&cpu);
     let cpu = now.per_message_since(&cpu, n);
     daemon.stop().await;
-    delete_topology(&ch, &names).await;
+    delete_topology(&conn, &names).await;
     if let Ok(pool) = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres").await {
         let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
             .execute(&pool)
@@ -312,20 +312,40 @@ async fn wait_ready(addr: std::net::SocketAddr) {
     panic!("the daemon did not become ready within 30 s");
 }
 
-async fn delete_topology(ch: &Channel, names: &Names) {
+/// Removes what a round declared, on a channel of its own: a channel the
+/// round used may have been closed by the broker, and a failed delete
+/// closes the channel it ran on, so each delete gets a fresh one if needed.
+async fn delete_topology(conn: &Connection, names: &Names) {
+    let mut ch = conn.create_channel().await.ok();
     for q in [
         &names.requests,
         &names.notifications,
         &names.requests_dlq,
         &names.notifications_dlq,
     ] {
-        let _ = ch
-            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-            .await;
+        let deleted = match &ch {
+            Some(c) => c
+                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .await
+                .is_ok(),
+            None => false,
+        };
+        if !deleted {
+            eprintln!("bench: could not delete queue {q}");
+            ch = conn.create_channel().await.ok();
+        }
     }
     for x in [&names.events, &names.dlx] {
-        let _ = ch
-            .exchange_delete(x.as_str().into(), Default::default())
-            .await;
+        let deleted = match &ch {
+            Some(c) => c
+                .exchange_delete(x.as_str().into(), Default::default())
+                .await
+                .is_ok(),
+            None => false,
+        };
+        if !deleted {
+            eprintln!("bench: could not delete exchange {x}");
+            ch = conn.create_channel().await.ok();
+        }
     }
 }
