@@ -316,35 +316,32 @@ async fn wait_ready(addr: std::net::SocketAddr) {
 /// round used may have been closed by the broker, and a failed delete
 /// closes the channel it ran on, so each delete gets a fresh one if needed.
 async fn delete_topology(conn: &Connection, names: &Names) {
-    let mut ch = conn.create_channel().await.ok();
-    for q in [
+    let queues = [
         &names.requests,
         &names.notifications,
         &names.requests_dlq,
         &names.notifications_dlq,
-    ] {
+    ];
+    let exchanges = [&names.events, &names.dlx];
+    let all = queues
+        .iter()
+        .map(|q| (true, q.as_str()))
+        .chain(exchanges.iter().map(|x| (false, x.as_str())));
+    let mut ch = conn.create_channel().await.ok();
+    for (is_queue, name) in all {
         let deleted = match &ch {
+            Some(c) if is_queue => c
+                .queue_delete(name.into(), QueueDeleteOptions::default())
+                .await
+                .is_ok(),
             Some(c) => c
-                .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+                .exchange_delete(name.into(), Default::default())
                 .await
                 .is_ok(),
             None => false,
         };
         if !deleted {
-            eprintln!("bench: could not delete queue {q}");
-            ch = conn.create_channel().await.ok();
-        }
-    }
-    for x in [&names.events, &names.dlx] {
-        let deleted = match &ch {
-            Some(c) => c
-                .exchange_delete(x.as_str().into(), Default::default())
-                .await
-                .is_ok(),
-            None => false,
-        };
-        if !deleted {
-            eprintln!("bench: could not delete exchange {x}");
+            eprintln!("bench: could not delete {name}");
             ch = conn.create_channel().await.ok();
         }
     }
