@@ -210,7 +210,7 @@ impl Daemon {
             processors,
             broker.clone(),
             wake_relay.clone(),
-            vec![wake_payments.clone()],
+            wake_payments.clone(),
             shutdown.clone(),
         ));
         tasks.spawn(payments.clone().run(wake_payments, shutdown.clone()));

@@ -62,8 +62,8 @@ pub trait BatchProcessor: Send + Sync + 'static {
 pub struct Wakers {
     /// The outbox relay: any batch may have written events.
     pub relay: Arc<Notify>,
-    /// Runners of gateway work, for batches that scheduled some.
-    pub work: Arc<Vec<Arc<Notify>>>,
+    /// The runner of gateway work, for batches that scheduled some.
+    pub work: Arc<Notify>,
 }
 
 pub struct ConsumerSpec {
@@ -89,8 +89,9 @@ pub enum ConsumerError {
 }
 
 /// Consumes until `shutdown` (Ok) or until the broker side fails (Err, so the
-/// supervisor reconnects). `committed` is notified after every batch so the
-/// outbox relay publishes the new events and the runner starts new gateway tasks at once.
+/// supervisor reconnects). After every batch `committed` wakes the outbox
+/// relay, which publishes the new events at once, and, if the batch
+/// scheduled gateway work, the runner that does it.
 pub async fn run<P: BatchProcessor>(
     channel: Channel,
     spec: ConsumerSpec,
@@ -248,7 +249,7 @@ async fn finish(
             settle(channel, spec, &done.batch, result).await?;
             committed.relay.notify_one();
             if scheduled_work {
-                committed.work.iter().for_each(|w| w.notify_one());
+                committed.work.notify_one();
             }
             Ok(true)
         }

@@ -69,12 +69,12 @@ pub async fn supervise(
     processors: Processors,
     state: Arc<BrokerState>,
     wake: Arc<Notify>,
-    also_wake: Vec<Arc<Notify>>,
+    wake_work: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
     let wakers = consumer::Wakers {
         relay: wake.clone(),
-        work: Arc::new(also_wake),
+        work: wake_work,
     };
     let names = Names::new(&amqp.prefix);
     let shared = Shared {
