@@ -28,7 +28,10 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use payrecon::config::{Secret, Settings};
+use payrecon::domain::Order;
+use payrecon::messaging::contracts::SerializedEvent;
 use payrecon::messaging::publisher::{self, Outgoing};
+use payrecon::messaging::requests::{parse_request, Request};
 use payrecon::messaging::topology::{self, Names};
 
 #[path = "support/cpu.rs"]
@@ -163,7 +166,7 @@ async fn broker_ceiling(prefix: &str, n: usize, events: bool) -> Measured {
     let relay = if let Some((events_conn, events_ch)) = events_ch {
         let exchange = names.events.clone();
         Some(tokio::spawn(async move {
-            let event = vec![b'e'; 560];
+            let event = order_created_body();
             while let Some(mut count) = events_due.recv().await {
                 while let Ok(more) = events_due.try_recv() {
                     count += more;
@@ -199,12 +202,31 @@ async fn broker_ceiling(prefix: &str, n: usize, events: bool) -> Measured {
     if let Some(relay) = relay {
         relay.await.expect("events");
     }
+    let measured = measured_since(start, &cpu, n);
+    delete_topology(&conn, &names).await;
+    measured
+}
+
+/// What a phase that began at `start` with `cpu` measured over `n` messages.
+fn measured_since(start: Instant, cpu: &CpuTicks, n: usize) -> Measured {
     let rate = n as f64 / start.elapsed().as_secs_f64();
     let now = CpuTicks::now();
-    let machine = now.machine_since(&cpu);
-    let cpu = now.per_message_since(&cpu, n);
-    delete_topology(&conn, &names).await;
-    (rate, cpu, machine)
+    (rate, now.per_message_since(cpu, n), now.machine_since(cpu))
+}
+
+/// The body of the `order.created` payrecon would publish for the sample
+/// request, printed by payrecon's own serializer, so the floor's events are
+/// the daemon's size.
+fn order_created_body() -> Vec<u8> {
+    let env = parse_request(sample_request("floor").as_bytes()).expect("sample request");
+    let Request::PlaceOrder(place) = env.body else {
+        panic!("the sample request is an order.place");
+    };
+    let new = place.into_new_order(chrono::Duration::minutes(30));
+    let order = Order::place(new, chrono::Utc::now()).expect("sample order");
+    SerializedEvent::order_created(&order, "floor")
+        .payload
+        .into_bytes()
 }
 
 async fn publish_events(ch: &Channel, exchange: &str, body: &[u8], count: usize) {
@@ -284,10 +306,7 @@ async fn payrecon_rate(prefix: &str, n: usize) -> Measured {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let rate = n as f64 / start.elapsed().as_secs_f64();
-    let now = CpuTicks::now();
-    let machine = now.machine_since(&cpu);
-    let cpu = now.per_message_since(&cpu, n);
+    let measured = measured_since(start, &cpu, n);
     daemon.stop().await;
     delete_topology(&conn, &names).await;
     if let Ok(pool) = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres").await {
@@ -295,7 +314,7 @@ async fn payrecon_rate(prefix: &str, n: usize) -> Measured {
             .execute(&pool)
             .await;
     }
-    (rate, cpu, machine)
+    measured
 }
 
 async fn wait_ready(addr: std::net::SocketAddr) {
