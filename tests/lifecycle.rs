@@ -187,8 +187,7 @@ async fn redelivery_after_commit_without_ack_has_no_second_effect() {
         .await
         .unwrap();
     assert_eq!(orders, 1);
-    let ready: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-        .fetch_one(&pool)
+    let ready = payrecon::store::outbox::count_unpublished(&mut *pool.acquire().await.unwrap())
         .await
         .unwrap();
     assert_eq!(ready, 0);
@@ -322,53 +321,4 @@ async fn collisions_within_one_batch_resolve_in_order() {
         ]
     );
     daemon.stop().await;
-}
-
-/// The relay's round: taken in id order, gone only when its transaction
-/// commits (after every confirm), all still there when it rolls back (a nack,
-/// an error, a crash), and one relay at a time.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn relay_round_is_deleted_only_on_commit() {
-    use payrecon::messaging::contracts::Event;
-    use payrecon::store::outbox;
-    let env = TestEnv::new("relayround");
-    let pool = payrecon::store::connect(&env.settings.database)
-        .await
-        .unwrap();
-    let mut written = Vec::new();
-    for i in 0..3 {
-        let event = Event::new("request.rejected", Some(&format!("r-{i}")), json!({"i": i}));
-        let mut conn = pool.acquire().await.unwrap();
-        outbox::enqueue(&mut conn, &event).await.unwrap();
-        written.push(event.event_id);
-    }
-    let unpublished = || async {
-        let mut conn = pool.acquire().await.unwrap();
-        outbox::count_unpublished(&mut conn).await.unwrap()
-    };
-
-    let mut first = pool.begin().await.unwrap();
-    assert!(outbox::take_relay_turn(&mut first).await.unwrap());
-    let taken = outbox::take_pending(&mut first, 500).await.unwrap();
-    let ids: Vec<_> = taken.iter().map(|e| e.event_id).collect();
-    assert_eq!(ids, written, "taken in the order written");
-    let mut second = pool.begin().await.unwrap();
-    assert!(
-        !outbox::take_relay_turn(&mut second).await.unwrap(),
-        "a second relay waits its turn"
-    );
-    drop(second);
-    first.rollback().await.unwrap();
-    assert_eq!(
-        unpublished().await,
-        3,
-        "a round rolled back keeps every event"
-    );
-
-    let mut tx = pool.begin().await.unwrap();
-    assert!(outbox::take_relay_turn(&mut tx).await.unwrap());
-    assert_eq!(outbox::take_pending(&mut tx, 2).await.unwrap().len(), 2);
-    tx.commit().await.unwrap();
-    assert_eq!(unpublished().await, 1, "a committed round is gone");
-    pool.close().await;
 }

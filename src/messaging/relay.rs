@@ -1,13 +1,18 @@
-//! The outbox relay: publishes committed events to `P.events` in id order
-//! with publisher confirms. It takes (deletes) a round of events in a
-//! transaction that commits only after the broker confirmed all of them; a
-//! nack, an error or a crash in between rolls the deletion back, and the
-//! next round republishes the same bytes with the same `event_id`
-//! (at-least-once). Nothing is published that was not committed.
+//! The outbox relay: publishes committed events to `P.events` with publisher
+//! confirms, in the order their transactions committed (by id within a
+//! round). A round reads what committed since the last one and records its
+//! snapshot as published in a transaction that commits only after the
+//! broker confirmed every event; a nack, an error or a crash in between
+//! leaves the old position, and the next round republishes the same bytes
+//! with the same `event_id` (at-least-once). Nothing is published that was
+//! not committed. Published rows are not deleted one by one: every time the
+//! ids enter a new partition of the log, the full ones are emptied whole
+//! (`outbox::reclaim`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use lapin::types::ShortString;
 use lapin::Channel;
 use sqlx::PgPool;
@@ -17,7 +22,8 @@ use tokio_util::sync::CancellationToken;
 use super::publisher::{self, Outgoing, PublishError};
 use crate::store::{outbox, StoreError};
 
-const BATCH: i64 = 500;
+/// Events published (and confirmed) at a time within a round.
+const CHUNK: usize = 500;
 /// Polling covers events written by other instances or by jobs that do not
 /// notify this relay.
 const POLL: Duration = Duration::from_millis(250);
@@ -36,10 +42,23 @@ pub async fn run(
     wake: Arc<Notify>,
     shutdown: CancellationToken,
 ) -> Result<(), RelayError> {
+    // Full partitions are emptied at start, then each time the published
+    // ids enter a new partition (every 65536 events).
+    let mut reclaim_due = true;
+    let mut last_slot = None;
     loop {
         match relay_once(&pool, &channel, &exchange).await {
-            Ok(n) if n as i64 == BATCH => continue,
-            Ok(_) => {}
+            Ok(round) => {
+                let slot = round.last_id.map(outbox::slot_of);
+                if slot.is_some() && slot != last_slot {
+                    reclaim_due = last_slot.is_some() || reclaim_due;
+                    last_slot = slot;
+                }
+                if reclaim_due {
+                    reclaim(&pool).await;
+                    reclaim_due = false;
+                }
+            }
             Err(RelayOnceError::Store(e)) => {
                 tracing::warn!(error = %e, "outbox relay: database unavailable")
             }
@@ -79,21 +98,77 @@ impl From<sqlx::Error> for RelayOnceError {
     }
 }
 
-/// Publishes one batch; returns how many events it published.
+async fn reclaim(pool: &PgPool) {
+    match outbox::reclaim(pool).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(partitions = n, "outbox: emptied published partitions"),
+        Err(e) => tracing::warn!(error = %e, "outbox: could not reclaim published partitions"),
+    }
+}
+
+/// What a round published.
+#[derive(Debug, Default)]
+pub struct Round {
+    pub published: usize,
+    /// The highest id among them.
+    pub last_id: Option<i64>,
+}
+
+/// Publishes every event committed since the last round, CHUNK at a time,
+/// and records the round's snapshot once all are confirmed.
 pub async fn relay_once(
     pool: &PgPool,
     channel: &Channel,
     exchange: &str,
-) -> Result<usize, RelayOnceError> {
-    let mut tx = pool.begin().await?;
-    if !outbox::take_relay_turn(&mut tx).await? {
-        return Ok(0);
+) -> Result<Round, RelayOnceError> {
+    let mut tx = pool.begin_with(outbox::ROUND_BEGIN).await?;
+    let Some(turn) = outbox::take_relay_turn(&mut tx).await? else {
+        return Ok(Round::default());
+    };
+    let mut round = Round::default();
+    {
+        let mut rows = outbox::unpublished(&mut tx, &turn);
+        let mut chunk = Vec::with_capacity(CHUNK);
+        loop {
+            let next = rows.next().await.transpose()?;
+            let end = next.is_none();
+            chunk.extend(next);
+            if chunk.len() == CHUNK || (end && !chunk.is_empty()) {
+                if !publish_chunk(channel, exchange, &chunk).await? {
+                    // Dropping `tx` keeps the old position: the whole round,
+                    // confirmed or not, is published again by the next one.
+                    metrics::counter!("payrecon_events_nacked_total").increment(1);
+                    tracing::warn!(
+                        events = round.published + chunk.len(),
+                        "broker nacked events; republishing the round"
+                    );
+                    return Ok(Round::default());
+                }
+                round.published += chunk.len();
+                round.last_id = chunk.iter().map(|e| e.id).max().max(round.last_id);
+                chunk.clear();
+            }
+            if end {
+                break;
+            }
+        }
     }
-    let rows = outbox::take_pending(&mut tx, BATCH).await?;
-    if rows.is_empty() {
-        return Ok(0);
+    if round.published == 0 {
+        return Ok(round);
     }
-    let messages = rows
+    outbox::mark_published(&mut tx, &turn).await?;
+    tx.commit().await?;
+    metrics::counter!("payrecon_events_published_total").increment(round.published as u64);
+    Ok(round)
+}
+
+/// Publishes events with confirms; false if the broker nacked any.
+async fn publish_chunk(
+    channel: &Channel,
+    exchange: &str,
+    events: &[outbox::PendingEvent],
+) -> Result<bool, PublishError> {
+    let messages = events
         .iter()
         .map(|r| Outgoing {
             exchange,
@@ -105,17 +180,5 @@ pub async fn relay_once(
         })
         .collect();
     let acked = publisher::publish_all(channel, messages).await?;
-    if acked.iter().any(|ok| !ok) {
-        // Dropping `tx` rolls the round back: every event of it, confirmed
-        // or not, is published again by the next one.
-        metrics::counter!("payrecon_events_nacked_total").increment(1);
-        tracing::warn!(
-            events = rows.len(),
-            "broker nacked events; republishing the round"
-        );
-        return Ok(0);
-    }
-    tx.commit().await?;
-    metrics::counter!("payrecon_events_published_total").increment(rows.len() as u64);
-    Ok(rows.len())
+    Ok(acked.iter().all(|ok| *ok))
 }

@@ -1,11 +1,15 @@
 //! The transactional outbox: an event row is written in the transaction of
 //! the change it reports, and the relay (messaging::relay) publishes it with
-//! publisher confirms afterwards, then deletes it. So an event exists iff
-//! its change committed.
+//! publisher confirms afterwards. So an event exists iff its change
+//! committed.
+//!
+//! The outbox is an append-only log (migration 0007 says why): the relay
+//! records how far it got as a snapshot, not by deleting rows, and whole
+//! partitions of published rows are emptied by `reclaim`.
 
 use chrono::{DateTime, Utc};
 
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 
 use super::StoreError;
 use crate::messaging::contracts::Event;
@@ -56,50 +60,141 @@ pub struct PendingEvent {
 /// The advisory lock key of the relay: "outbox" in ASCII.
 const RELAY_LOCK: i64 = 0x6f7574626f78;
 
-/// Takes the relay's turn for this transaction: true if no other relay
-/// (another instance) holds it. One relay at a time publishes, so rows need
-/// no row locks: locking each row would write every event to the WAL twice
-/// more (the lock, then the delete).
+/// The partitions of the outbox log and the ids each holds (migration 0007).
+const SLOTS: i64 = 8;
+const SLOT_IDS: i64 = 65536;
+
+/// A relay round's position: every row visible in `published` went out in
+/// an earlier round; the round publishes what is visible in `now` and not
+/// in `published`, then stores `now`. Both are `pg_snapshot` texts.
+#[derive(Debug, Clone)]
+pub struct RelayTurn {
+    pub published: String,
+    pub now: String,
+}
+
+/// The statement that opens a relay round's transaction. REPEATABLE READ:
+/// the round's rows and the snapshot stored at its end must be read in one
+/// and the same snapshot.
+pub const ROUND_BEGIN: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ";
+
+/// Takes the relay's turn for this transaction (begun with `ROUND_BEGIN`):
+/// None if another relay (another instance) holds it. One relay at a time
+/// publishes, so a round needs no row locks.
 ///
-/// The transaction's commit does not wait for the disk: losing it in a
-/// crash only means publishing its events again (at-least-once, same
-/// event_id). Set in the same round trip.
-pub async fn take_relay_turn(conn: &mut PgConnection) -> Result<bool, StoreError> {
-    Ok(sqlx::query_scalar(
-        "SELECT pg_try_advisory_xact_lock($1) FROM set_config('synchronous_commit', 'off', true)",
+/// Set in the same round trip: the commit does not wait for the disk
+/// (losing it in a crash only means publishing its events again, with the
+/// same event_id), and the round's scan uses the `tx` index: the outbox is
+/// rarely analysed, and without statistics the planner would read every
+/// partition whole.
+pub async fn take_relay_turn(conn: &mut PgConnection) -> Result<Option<RelayTurn>, StoreError> {
+    let (turn, published, now): (bool, String, String) = sqlx::query_as(
+        "SELECT pg_try_advisory_xact_lock($1), r.published::text, pg_current_snapshot()::text \
+         FROM outbox_relay r, set_config('synchronous_commit', 'off', true) AS durability, \
+              set_config('enable_seqscan', 'off', true) AS plan",
     )
     .bind(RELAY_LOCK)
+    .fetch_one(conn)
+    .await?;
+    Ok(turn.then_some(RelayTurn { published, now }))
+}
+
+/// The rows committed since the last round, in id order: written by a
+/// transaction that had not committed when `published` was taken (its id at
+/// or above the snapshot's xmax, or among its running ones). Only committed
+/// rows are visible, so a transaction still running now is left for the
+/// round after its commit.
+pub fn unpublished<'c>(
+    conn: &'c mut PgConnection,
+    turn: &RelayTurn,
+) -> futures::stream::BoxStream<'c, Result<PendingEvent, sqlx::Error>> {
+    sqlx::query_as(
+        "SELECT id, event_id, routing_key, payload FROM outbox \
+         WHERE tx >= pg_snapshot_xmax($1::pg_snapshot) \
+            OR tx = ANY(ARRAY(SELECT pg_snapshot_xip($1::pg_snapshot))) \
+         ORDER BY id",
+    )
+    .bind(turn.published.clone())
+    .fetch(conn)
+}
+
+/// Ends a round: everything visible in its snapshot is now published.
+/// Commit only once the broker confirmed every event of the round.
+pub async fn mark_published(conn: &mut PgConnection, turn: &RelayTurn) -> Result<(), StoreError> {
+    sqlx::query("UPDATE outbox_relay SET published = $1::pg_snapshot")
+        .bind(&turn.now)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Events committed and not yet published.
+pub async fn count_unpublished(conn: &mut PgConnection) -> Result<i64, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT count(*) FROM outbox, outbox_relay r \
+         WHERE tx >= pg_snapshot_xmax(r.published) \
+            OR tx = ANY(ARRAY(SELECT pg_snapshot_xip(r.published)))",
+    )
     .fetch_one(conn)
     .await?)
 }
 
-/// Takes up to `limit` unpublished events, oldest first, deleting them in
-/// the caller's transaction: commit once the broker confirmed every one,
-/// roll back otherwise and they are all still there for the next round.
-/// One statement instead of a read and a delete by id: the rows are found
-/// once, and their ids make no second trip. Call within the relay's turn
-/// (`take_relay_turn`).
-pub async fn take_pending(
-    conn: &mut PgConnection,
-    limit: i64,
-) -> Result<Vec<PendingEvent>, StoreError> {
-    let mut rows: Vec<PendingEvent> = sqlx::query_as(
-        "DELETE FROM outbox WHERE id IN ( \
-           SELECT id FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1) \
-         RETURNING id, event_id, routing_key, payload",
-    )
-    .bind(limit)
-    .fetch_all(conn)
-    .await?;
-    // RETURNING keeps no order; events go out in the order they were written.
-    rows.sort_unstable_by_key(|r| r.id);
-    Ok(rows)
+/// The partition the id sequence writes into now: the one to leave alone,
+/// with the next, while reclaiming.
+pub fn slot_of(id: i64) -> i64 {
+    id / SLOT_IDS % SLOTS
 }
 
-pub async fn count_unpublished(conn: &mut PgConnection) -> Result<i64, StoreError> {
-    Ok(
-        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-            .fetch_one(conn)
-            .await?,
-    )
+/// Empties every partition whose rows are all published, except the one the
+/// id sequence is filling and the next. Returns how many it emptied.
+///
+/// Each is locked first, without waiting long (`lock_timeout`): a
+/// transaction still inserting into it holds a lock, so once ours is
+/// granted no row can arrive unseen, and the check that all its rows are
+/// published is made after. A partition that is busy is left for the next
+/// call.
+pub async fn reclaim(pool: &PgPool) -> Result<usize, StoreError> {
+    let next_id: i64 = sqlx::query_scalar("SELECT last_value FROM outbox_seq")
+        .fetch_one(pool)
+        .await?;
+    let filling = slot_of(next_id);
+    let mut emptied = 0;
+    for slot in (0..SLOTS).filter(|s| *s != filling && *s != (filling + 1) % SLOTS) {
+        if reclaim_slot(pool, slot).await? {
+            emptied += 1;
+        }
+    }
+    Ok(emptied)
+}
+
+async fn reclaim_slot(pool: &PgPool, slot: i64) -> Result<bool, StoreError> {
+    let table = format!("outbox_s{slot}");
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT set_config('lock_timeout', '100ms', true)")
+        .execute(&mut *tx)
+        .await?;
+    let locked = sqlx::query(&format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
+        .execute(&mut *tx)
+        .await;
+    match locked {
+        Ok(_) => {}
+        // lock_not_available: busy; try again at the next call.
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("55P03") => return Ok(false),
+        Err(e) => return Err(e.into()),
+    }
+    let done: bool = sqlx::query_scalar(&format!(
+        "SELECT EXISTS (SELECT 1 FROM {table}) AND NOT EXISTS ( \
+           SELECT 1 FROM {table}, outbox_relay r \
+           WHERE tx >= pg_snapshot_xmax(r.published) \
+              OR tx = ANY(ARRAY(SELECT pg_snapshot_xip(r.published))))"
+    ))
+    .fetch_one(&mut *tx)
+    .await?;
+    if done {
+        sqlx::query(&format!("TRUNCATE {table}"))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(done)
 }

@@ -50,11 +50,9 @@ async fn stop_mid_burst_then_restart_processes_each_request_once() {
         done > 0 && done < N as i64,
         "stop was not mid-burst: {done} of {N}"
     );
-    let pending = count(
-        &pool,
-        "SELECT count(*) FROM outbox WHERE published_at IS NULL",
-    )
-    .await;
+    let pending = payrecon::store::outbox::count_unpublished(&mut *pool.acquire().await.unwrap())
+        .await
+        .unwrap();
     assert_eq!(pending, 0, "the relay did not drain the outbox on stop");
     assert!(daemon_connection_pids(&env.name).await.is_empty());
 

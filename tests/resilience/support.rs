@@ -318,8 +318,7 @@ pub async fn assert_each_once(env: &TestEnv, broker: &mut Broker, ids: &[String]
             .await
             .expect("outcomes");
     assert!(rejected.is_empty(), "rejected: {rejected:?}");
-    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-        .fetch_one(&pool)
+    let pending = payrecon::store::outbox::count_unpublished(&mut *pool.acquire().await.expect("conn"))
         .await
         .expect("outbox");
     assert_eq!(pending, 0, "outbox not drained");
