@@ -8,14 +8,14 @@
 -- published). Now:
 --
 -- * `tx` is the id of the transaction that wrote the row. The relay keeps,
---   in `outbox_relay`, the snapshot of its last committed round: every row
---   visible in that snapshot is published. A round publishes the rows
---   visible now and not visible then (tx at or above the snapshot's xmax, or
---   among its in-progress xids), in id order, and then stores the snapshot
---   it read them in. Like the old delete, this follows commit order, so two
+--   in `outbox_relay`, the snapshot of its last finished pass: every row
+--   visible in that snapshot is published. A pass publishes the rows
+--   visible in a newer snapshot and not in that one (tx at or above its
+--   xmax, or among its in-progress xids), in id order, and then stores the
+--   newer snapshot. Like the old delete, this follows commit order, so two
 --   events of one order (whose transactions are serialised by the order's
 --   row lock) go out in the order they were written; a transaction that
---   commits late is picked up by the round after its commit.
+--   commits late is picked up by the pass after its commit.
 -- * Rows live in 8 partitions by id, 65536 ids each, used round-robin as the
 --   id sequence advances. A partition whose every row is published is
 --   emptied with TRUNCATE (store::outbox::reclaim): one cheap statement per
@@ -56,10 +56,17 @@ FROM outbox_v1 WHERE published_at IS NULL ORDER BY id;
 SELECT setval('outbox_seq', COALESCE(max(id), 0) + 1, false) FROM outbox_v1;
 DROP TABLE outbox_v1;
 
--- The relay's position: the snapshot in which every visible row is published.
--- '1:1:' sees no transaction at all, so every row is still to publish.
+-- The relay's position. Every row visible in `published` went out. A pass
+-- then publishes, in id order, the rows visible in `reading` and not in
+-- `published`; `read_up_to` is how far in ids it got, so a pass that a crash
+-- or a nack interrupted resumes there instead of from its start. At the end
+-- of a pass `reading` becomes `published`. '1:1:' sees no transaction at
+-- all, so every row is still to publish.
 CREATE TABLE outbox_relay (
-    only_row  BOOLEAN PRIMARY KEY DEFAULT true CHECK (only_row),
-    published PG_SNAPSHOT NOT NULL
+    only_row   BOOLEAN PRIMARY KEY DEFAULT true CHECK (only_row),
+    published  PG_SNAPSHOT NOT NULL,
+    reading    PG_SNAPSHOT,
+    read_up_to BIGINT,
+    CHECK ((reading IS NULL) = (read_up_to IS NULL))
 );
 INSERT INTO outbox_relay (published) VALUES ('1:1:');

@@ -1,11 +1,10 @@
 //! The outbox relay: publishes committed events to `P.events` with publisher
 //! confirms, in the order their transactions committed (by id within a
-//! round). A round reads what committed since the last one and records its
-//! snapshot as published in a transaction that commits only after the
-//! broker confirmed every event; a nack, an error or a crash in between
-//! leaves the old position, and the next round republishes the same bytes
-//! with the same `event_id` (at-least-once). Nothing is published that was
-//! not committed. Published rows are not deleted one by one: every time the
+//! pass). A pass reads what committed since the last one and records its
+//! snapshot as published only after the broker confirmed every event; a
+//! nack, an error or a crash in between leaves the last recorded position,
+//! and the next pass republishes the same bytes with the same `event_id`
+//! (at-least-once). Nothing is published that was not committed. Published rows are not deleted one by one: every time the
 //! ids enter a new partition of the log, the full ones are emptied whole
 //! (`outbox::reclaim`).
 
@@ -22,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use super::publisher::{self, Outgoing, PublishError};
 use crate::store::{outbox, StoreError};
 
-/// Events published (and confirmed) at a time within a round.
+/// Events published (and confirmed) at a time within a pass.
 const CHUNK: usize = 500;
 /// Polling covers events written by other instances or by jobs that do not
 /// notify this relay.
@@ -106,7 +105,7 @@ async fn reclaim(pool: &PgPool) {
     }
 }
 
-/// What a round published.
+/// What a pass published.
 #[derive(Debug, Default)]
 pub struct Round {
     pub published: usize,
@@ -114,14 +113,16 @@ pub struct Round {
     pub last_id: Option<i64>,
 }
 
-/// Publishes every event committed since the last round, CHUNK at a time,
-/// and records the round's snapshot once all are confirmed.
+/// Publishes every event committed since the last pass, CHUNK at a time,
+/// and ends the pass once all are confirmed. A pass longer than a chunk (a
+/// backlog) records its progress after each confirmed chunk, so a nack or
+/// a crash republishes at most the chunk in flight.
 pub async fn relay_once(
     pool: &PgPool,
     channel: &Channel,
     exchange: &str,
 ) -> Result<Round, RelayOnceError> {
-    let mut tx = pool.begin_with(outbox::ROUND_BEGIN).await?;
+    let mut tx = pool.begin().await?;
     let Some(turn) = outbox::take_relay_turn(&mut tx).await? else {
         return Ok(Round::default());
     };
@@ -135,17 +136,23 @@ pub async fn relay_once(
             chunk.extend(next);
             if chunk.len() == CHUNK || (end && !chunk.is_empty()) {
                 if !publish_chunk(channel, exchange, &chunk).await? {
-                    // Dropping `tx` keeps the old position: the whole round,
-                    // confirmed or not, is published again by the next one.
+                    // The pass stops at its last recorded progress: this
+                    // chunk, confirmed or not, is published again next time.
                     metrics::counter!("payrecon_events_nacked_total").increment(1);
                     tracing::warn!(
-                        events = round.published + chunk.len(),
-                        "broker nacked events; republishing the round"
+                        events = chunk.len(),
+                        "broker nacked events; republishing them"
                     );
-                    return Ok(Round::default());
+                    return Ok(round);
                 }
                 round.published += chunk.len();
+                metrics::counter!("payrecon_events_published_total").increment(chunk.len() as u64);
                 round.last_id = chunk.iter().map(|e| e.id).max().max(round.last_id);
+                if !end {
+                    if let Some(last) = round.last_id {
+                        outbox::record_progress(&mut *pool.acquire().await?, &turn, last).await?;
+                    }
+                }
                 chunk.clear();
             }
             if end {
@@ -153,12 +160,12 @@ pub async fn relay_once(
             }
         }
     }
-    if round.published == 0 {
+    if round.published == 0 && turn.after_id == 0 {
+        // Nothing new: the stored position stays, no write.
         return Ok(round);
     }
-    outbox::mark_published(&mut tx, &turn).await?;
+    outbox::finish_pass(&mut tx, &turn).await?;
     tx.commit().await?;
-    metrics::counter!("payrecon_events_published_total").increment(round.published as u64);
     Ok(round)
 }
 

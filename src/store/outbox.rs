@@ -64,67 +64,94 @@ const RELAY_LOCK: i64 = 0x6f7574626f78;
 const SLOTS: i64 = 8;
 const SLOT_IDS: i64 = 65536;
 
-/// A relay round's position: every row visible in `published` went out in
-/// an earlier round; the round publishes what is visible in `now` and not
-/// in `published`, then stores `now`. Both are `pg_snapshot` texts.
+/// Where a relay pass stands: every row visible in `published` went out
+/// before; the pass publishes, in id order, the rows visible in `reading`
+/// and not in `published` whose id is above `after_id`. Snapshots are
+/// `pg_snapshot` texts.
 #[derive(Debug, Clone)]
 pub struct RelayTurn {
     pub published: String,
-    pub now: String,
+    pub reading: String,
+    pub after_id: i64,
 }
 
-/// The statement that opens a relay round's transaction. REPEATABLE READ:
-/// the round's rows and the snapshot stored at its end must be read in one
-/// and the same snapshot.
-pub const ROUND_BEGIN: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ";
-
-/// Takes the relay's turn for this transaction (begun with `ROUND_BEGIN`):
-/// None if another relay (another instance) holds it. One relay at a time
-/// publishes, so a round needs no row locks.
+/// Takes the relay's turn for this transaction: None if another relay
+/// (another instance) holds it. One relay at a time publishes, so a pass
+/// needs no row locks. A pass that was interrupted goes on where its last
+/// recorded progress left it; otherwise a new one starts from now.
 ///
 /// Set in the same round trip: the commit does not wait for the disk
 /// (losing it in a crash only means publishing its events again, with the
-/// same event_id), and the round's scan uses the `tx` index: the outbox is
+/// same event_id); the pass's scan uses the `tx` index (the outbox is
 /// rarely analysed, and without statistics the planner would read every
-/// partition whole.
+/// partition whole); and no JIT: the scan's estimated cost over eight
+/// partitions can pass `jit_above_cost`, and compiling it would cost more
+/// than running it, every round.
 pub async fn take_relay_turn(conn: &mut PgConnection) -> Result<Option<RelayTurn>, StoreError> {
-    let (turn, published, now): (bool, String, String) = sqlx::query_as(
-        "SELECT pg_try_advisory_xact_lock($1), r.published::text, pg_current_snapshot()::text \
+    let (turn, published, reading, after_id): (bool, String, String, i64) = sqlx::query_as(
+        "SELECT pg_try_advisory_xact_lock($1), r.published::text, \
+                COALESCE(r.reading, pg_current_snapshot())::text, COALESCE(r.read_up_to, 0) \
          FROM outbox_relay r, set_config('synchronous_commit', 'off', true) AS durability, \
-              set_config('enable_seqscan', 'off', true) AS plan",
+              set_config('enable_seqscan', 'off', true) AS plan, \
+              set_config('jit', 'off', true) AS compile",
     )
     .bind(RELAY_LOCK)
     .fetch_one(conn)
     .await?;
-    Ok(turn.then_some(RelayTurn { published, now }))
+    Ok(turn.then_some(RelayTurn {
+        published,
+        reading,
+        after_id,
+    }))
 }
 
-/// The rows committed since the last round, in id order: written by a
-/// transaction that had not committed when `published` was taken (its id at
-/// or above the snapshot's xmax, or among its running ones). Only committed
-/// rows are visible, so a transaction still running now is left for the
-/// round after its commit.
+/// The pass's rows, in id order: written by a transaction that had not
+/// committed when `published` was taken (its id at or above the snapshot's
+/// xmax, or among its running ones) and had when `reading` was. A
+/// transaction that commits later is left for the next pass.
 pub fn unpublished<'c>(
     conn: &'c mut PgConnection,
     turn: &RelayTurn,
 ) -> futures::stream::BoxStream<'c, Result<PendingEvent, sqlx::Error>> {
     sqlx::query_as(
         "SELECT id, event_id, routing_key, payload FROM outbox \
-         WHERE tx >= pg_snapshot_xmax($1::pg_snapshot) \
-            OR tx = ANY(ARRAY(SELECT pg_snapshot_xip($1::pg_snapshot))) \
+         WHERE (tx >= pg_snapshot_xmax($1::pg_snapshot) \
+                OR tx = ANY(ARRAY(SELECT pg_snapshot_xip($1::pg_snapshot)))) \
+           AND pg_visible_in_snapshot(tx, $2::pg_snapshot) AND id > $3 \
          ORDER BY id",
     )
     .bind(turn.published.clone())
+    .bind(turn.reading.clone())
+    .bind(turn.after_id)
     .fetch(conn)
 }
 
-/// Ends a round: everything visible in its snapshot is now published.
-/// Commit only once the broker confirmed every event of the round.
-pub async fn mark_published(conn: &mut PgConnection, turn: &RelayTurn) -> Result<(), StoreError> {
-    sqlx::query("UPDATE outbox_relay SET published = $1::pg_snapshot")
-        .bind(&turn.now)
+/// Records that the pass published (confirmed) every row up to `last_id`.
+/// Committed on a connection of its own while the pass goes on, so a crash
+/// later in a long pass (a backlog after an outage) republishes only what
+/// followed.
+pub async fn record_progress(
+    conn: &mut PgConnection,
+    turn: &RelayTurn,
+    last_id: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE outbox_relay SET reading = $1::pg_snapshot, read_up_to = $2")
+        .bind(&turn.reading)
+        .bind(last_id)
         .execute(conn)
         .await?;
+    Ok(())
+}
+
+/// Ends a pass: everything visible in its snapshot is now published.
+/// Commit only once the broker confirmed every event of the pass.
+pub async fn finish_pass(conn: &mut PgConnection, turn: &RelayTurn) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE outbox_relay SET published = $1::pg_snapshot, reading = NULL, read_up_to = NULL",
+    )
+    .bind(&turn.reading)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -132,8 +159,10 @@ pub async fn mark_published(conn: &mut PgConnection, turn: &RelayTurn) -> Result
 pub async fn count_unpublished(conn: &mut PgConnection) -> Result<i64, StoreError> {
     Ok(sqlx::query_scalar(
         "SELECT count(*) FROM outbox, outbox_relay r \
-         WHERE tx >= pg_snapshot_xmax(r.published) \
-            OR tx = ANY(ARRAY(SELECT pg_snapshot_xip(r.published)))",
+         WHERE (tx >= pg_snapshot_xmax(r.published) \
+                OR tx = ANY(ARRAY(SELECT pg_snapshot_xip(r.published)))) \
+           AND NOT (r.reading IS NOT NULL AND pg_visible_in_snapshot(tx, r.reading) \
+                    AND id <= r.read_up_to)",
     )
     .fetch_one(conn)
     .await?)
