@@ -64,14 +64,25 @@ async fn a_round_counts_only_once_committed() {
     assert!(outbox::take_relay_turn(&mut first).await.unwrap().is_some());
     let mut second = pool.begin().await.unwrap();
     assert!(
-        outbox::take_relay_turn(&mut second).await.unwrap().is_none(),
+        outbox::take_relay_turn(&mut second)
+            .await
+            .unwrap()
+            .is_none(),
         "a second relay waits its turn"
     );
     drop(second);
     first.rollback().await.unwrap();
 
-    assert_eq!(round(&pool, false).await, written, "read in the order written");
-    assert_eq!(unpublished(&pool).await, 3, "a pass rolled back keeps every event");
+    assert_eq!(
+        round(&pool, false).await,
+        written,
+        "read in the order written"
+    );
+    assert_eq!(
+        unpublished(&pool).await,
+        3,
+        "a pass rolled back keeps every event"
+    );
     assert_eq!(round(&pool, true).await, written);
     assert_eq!(unpublished(&pool).await, 0, "a committed pass is published");
     assert!(round(&pool, true).await.is_empty(), "nothing is read twice");
@@ -152,7 +163,11 @@ async fn rows_in(pool: &PgPool, table: &str) -> i64 {
 async fn reclaim_empties_only_published_partitions() {
     let (_env, pool) = pool_for("reclaim").await;
     write_in_slot(&mut *pool.acquire().await.unwrap(), 3, 5).await;
-    assert_eq!(outbox::reclaim(&pool).await.unwrap(), 0, "nothing published yet");
+    assert_eq!(
+        outbox::reclaim(&pool).await.unwrap(),
+        0,
+        "nothing published yet"
+    );
     assert_eq!(rows_in(&pool, "outbox_s3").await, 5);
 
     assert_eq!(round(&pool, true).await.len(), 5);
@@ -162,7 +177,11 @@ async fn reclaim_empties_only_published_partitions() {
     assert_eq!(rows_in(&pool, "outbox_s3").await, 0, "published: emptied");
 
     writing.commit().await.unwrap();
-    assert_eq!(rows_in(&pool, "outbox_s4").await, 1, "the open write survived");
+    assert_eq!(
+        rows_in(&pool, "outbox_s4").await,
+        1,
+        "the open write survived"
+    );
     assert_eq!(unpublished(&pool).await, 1);
     assert_eq!(round(&pool, true).await.len(), 1);
     assert_eq!(outbox::reclaim(&pool).await.unwrap(), 1);

@@ -4,8 +4,9 @@
 //! snapshot as published only after the broker confirmed every event; a
 //! nack, an error or a crash in between leaves the last recorded position,
 //! and the next pass republishes the same bytes with the same `event_id`
-//! (at-least-once). Nothing is published that was not committed. Published rows are not deleted one by one: every time the
-//! ids enter a new partition of the log, the full ones are emptied whole
+//! (at-least-once). Nothing is published that was not committed.
+//! Published rows are not deleted one by one: every time the ids enter a
+//! new partition of the log, the full ones are emptied whole
 //! (`outbox::reclaim`).
 
 use std::sync::Arc;

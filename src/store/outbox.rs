@@ -84,16 +84,19 @@ pub struct RelayTurn {
 /// (losing it in a crash only means publishing its events again, with the
 /// same event_id); the pass's scan uses the `tx` index (the outbox is
 /// rarely analysed, and without statistics the planner would read every
-/// partition whole); and no JIT: the scan's estimated cost over eight
-/// partitions can pass `jit_above_cost`, and compiling it would cost more
-/// than running it, every round.
+/// partition whole); and neither JIT nor parallel workers: the scan's
+/// estimated cost over eight partitions can pass `jit_above_cost` and the
+/// parallel thresholds, and compiling the plan or starting two workers
+/// (measured: 13 ms for a pass of 100 rows, against 0.7 ms without) would
+/// cost far more than running it, every pass.
 pub async fn take_relay_turn(conn: &mut PgConnection) -> Result<Option<RelayTurn>, StoreError> {
     let (turn, published, reading, after_id): (bool, String, String, i64) = sqlx::query_as(
         "SELECT pg_try_advisory_xact_lock($1), r.published::text, \
                 COALESCE(r.reading, pg_current_snapshot())::text, COALESCE(r.read_up_to, 0) \
          FROM outbox_relay r, set_config('synchronous_commit', 'off', true) AS durability, \
               set_config('enable_seqscan', 'off', true) AS plan, \
-              set_config('jit', 'off', true) AS compile",
+              set_config('jit', 'off', true) AS compile, \
+              set_config('max_parallel_workers_per_gather', '0', true) AS workers",
     )
     .bind(RELAY_LOCK)
     .fetch_one(conn)
@@ -208,7 +211,9 @@ async fn reclaim_slot(pool: &PgPool, slot: i64) -> Result<bool, StoreError> {
     match locked {
         Ok(_) => {}
         // lock_not_available: busy; try again at the next call.
-        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("55P03") => return Ok(false),
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("55P03") => {
+            return Ok(false)
+        }
         Err(e) => return Err(e.into()),
     }
     let done: bool = sqlx::query_scalar(&format!(

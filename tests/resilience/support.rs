@@ -318,9 +318,10 @@ pub async fn assert_each_once(env: &TestEnv, broker: &mut Broker, ids: &[String]
             .await
             .expect("outcomes");
     assert!(rejected.is_empty(), "rejected: {rejected:?}");
-    let pending = payrecon::store::outbox::count_unpublished(&mut *pool.acquire().await.expect("conn"))
-        .await
-        .expect("outbox");
+    let pending =
+        payrecon::store::outbox::count_unpublished(&mut *pool.acquire().await.expect("conn"))
+            .await
+            .expect("outbox");
     assert_eq!(pending, 0, "outbox not drained");
     pool.close().await;
     assert_eq!(queue_depth(broker, &broker.names.requests_dlq).await, 0);
