@@ -88,7 +88,9 @@ pub struct RelayTurn {
 /// estimated cost over eight partitions can pass `jit_above_cost` and the
 /// parallel thresholds, and compiling the plan or starting two workers
 /// (measured: 13 ms for a pass of 100 rows, against 0.7 ms without) would
-/// cost far more than running it, every pass.
+/// cost far more than running it, every pass. The plan is also forced
+/// generic: left to choose, PostgreSQL re-plans the scan for each pass's
+/// snapshots (0.33 ms of planning, against 0.02 for the cached plan).
 pub async fn take_relay_turn(conn: &mut PgConnection) -> Result<Option<RelayTurn>, StoreError> {
     let (turn, published, reading, after_id): (bool, String, String, i64) = sqlx::query_as(
         "SELECT pg_try_advisory_xact_lock($1), r.published::text, \
@@ -96,7 +98,8 @@ pub async fn take_relay_turn(conn: &mut PgConnection) -> Result<Option<RelayTurn
          FROM outbox_relay r, set_config('synchronous_commit', 'off', true) AS durability, \
               set_config('enable_seqscan', 'off', true) AS plan, \
               set_config('jit', 'off', true) AS compile, \
-              set_config('max_parallel_workers_per_gather', '0', true) AS workers",
+              set_config('max_parallel_workers_per_gather', '0', true) AS workers, \
+              set_config('plan_cache_mode', 'force_generic_plan', true) AS planning",
     )
     .bind(RELAY_LOCK)
     .fetch_one(conn)
