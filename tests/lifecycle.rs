@@ -187,7 +187,7 @@ async fn redelivery_after_commit_without_ack_has_no_second_effect() {
         .await
         .unwrap();
     assert_eq!(orders, 1);
-    let ready = payrecon::store::outbox::count_unpublished(&mut *pool.acquire().await.unwrap())
+    let ready = payrecon::store::outbox::count_unpublished(&mut pool.acquire().await.unwrap())
         .await
         .unwrap();
     assert_eq!(ready, 0);

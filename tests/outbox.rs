@@ -23,7 +23,7 @@ async fn write_event(conn: &mut sqlx::PgConnection, i: usize) -> uuid::Uuid {
 }
 
 async fn unpublished(pool: &PgPool) -> i64 {
-    outbox::count_unpublished(&mut *pool.acquire().await.unwrap())
+    outbox::count_unpublished(&mut pool.acquire().await.unwrap())
         .await
         .unwrap()
 }
@@ -57,7 +57,7 @@ async fn a_round_counts_only_once_committed() {
     let (_env, pool) = pool_for("relayround").await;
     let mut written = Vec::new();
     for i in 0..3 {
-        written.push(write_event(&mut *pool.acquire().await.unwrap(), i).await);
+        written.push(write_event(&mut pool.acquire().await.unwrap(), i).await);
     }
 
     let mut first = pool.begin().await.unwrap();
@@ -97,7 +97,7 @@ async fn a_late_commit_goes_out_in_the_next_round() {
     let (_env, pool) = pool_for("latecommit").await;
     let mut slow = pool.begin().await.unwrap();
     let late = write_event(&mut slow, 0).await;
-    let early = write_event(&mut *pool.acquire().await.unwrap(), 1).await;
+    let early = write_event(&mut pool.acquire().await.unwrap(), 1).await;
 
     assert_eq!(round(&pool, true).await, vec![early]);
     slow.commit().await.unwrap();
@@ -115,7 +115,7 @@ async fn an_interrupted_pass_resumes_after_its_progress() {
     let (_env, pool) = pool_for("resume").await;
     let mut written = Vec::new();
     for i in 0..4 {
-        written.push(write_event(&mut *pool.acquire().await.unwrap(), i).await);
+        written.push(write_event(&mut pool.acquire().await.unwrap(), i).await);
     }
     let mut tx = pool.begin().await.unwrap();
     let turn = outbox::take_relay_turn(&mut tx).await.unwrap().unwrap();
@@ -123,12 +123,12 @@ async fn an_interrupted_pass_resumes_after_its_progress() {
         .try_collect()
         .await
         .unwrap();
-    outbox::record_progress(&mut *pool.acquire().await.unwrap(), &turn, rows[1].id)
+    outbox::record_progress(&mut pool.acquire().await.unwrap(), &turn, rows[1].id)
         .await
         .unwrap();
     drop(tx); // the crash
     assert_eq!(unpublished(&pool).await, 2, "two recorded as published");
-    let later = write_event(&mut *pool.acquire().await.unwrap(), 9).await;
+    let later = write_event(&mut pool.acquire().await.unwrap(), 9).await;
 
     assert_eq!(round(&pool, true).await, written[2..].to_vec());
     assert_eq!(round(&pool, true).await, vec![later]);
@@ -162,7 +162,7 @@ async fn rows_in(pool: &PgPool, table: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reclaim_empties_only_published_partitions() {
     let (_env, pool) = pool_for("reclaim").await;
-    write_in_slot(&mut *pool.acquire().await.unwrap(), 3, 5).await;
+    write_in_slot(&mut pool.acquire().await.unwrap(), 3, 5).await;
     assert_eq!(
         outbox::reclaim(&pool).await.unwrap(),
         0,

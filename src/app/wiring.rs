@@ -53,9 +53,9 @@ async fn start_simulator(
         .await
         .with_context(|| format!("simulator.listen {listen}"))?;
     let opts = SimOptions::new(settings.simulator.clone());
-    Ok(Simulator::start(opts, listener, shutdown)
+    Simulator::start(opts, listener, shutdown)
         .await
-        .context("simulator")?)
+        .context("simulator")
 }
 
 /// What runs `recon.run` requests (CONTRACT §3.7): the same reconciliation

@@ -71,7 +71,7 @@ impl BatchProcessor for RequestProcessor {
                     continue;
                 }
                 if let Err(e) = self
-                    .flush_places(&mut tx, &parsed, &mut run, &mut outcomes, now)
+                    .flush_places(&mut tx, parsed, &mut run, &mut outcomes, now)
                     .await
                 {
                     failed = Some((None, e));
@@ -87,7 +87,7 @@ impl BatchProcessor for RequestProcessor {
             }
             if failed.is_none() {
                 if let Err(e) = self
-                    .flush_places(&mut tx, &parsed, &mut run, &mut outcomes, now)
+                    .flush_places(&mut tx, parsed, &mut run, &mut outcomes, now)
                     .await
                 {
                     failed = Some((None, e));

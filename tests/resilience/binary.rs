@@ -125,7 +125,7 @@ async fn binary_sigterm_mid_burst_exits_zero_and_loses_nothing() {
     let done = count(&pool, "SELECT count(*) FROM orders").await;
     eprintln!("payrecon run had processed {done} of {N} requests at SIGTERM");
     assert!(daemon_connection_pids(&env.name).await.is_empty());
-    let pending = payrecon::store::outbox::count_unpublished(&mut *pool.acquire().await.unwrap())
+    let pending = payrecon::store::outbox::count_unpublished(&mut pool.acquire().await.unwrap())
         .await
         .unwrap();
     assert_eq!(pending, 0, "outbox not drained before exit");

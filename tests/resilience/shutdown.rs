@@ -50,7 +50,7 @@ async fn stop_mid_burst_then_restart_processes_each_request_once() {
         done > 0 && done < N as i64,
         "stop was not mid-burst: {done} of {N}"
     );
-    let pending = payrecon::store::outbox::count_unpublished(&mut *pool.acquire().await.unwrap())
+    let pending = payrecon::store::outbox::count_unpublished(&mut pool.acquire().await.unwrap())
         .await
         .unwrap();
     assert_eq!(pending, 0, "the relay did not drain the outbox on stop");

@@ -319,7 +319,7 @@ pub async fn assert_each_once(env: &TestEnv, broker: &mut Broker, ids: &[String]
             .expect("outcomes");
     assert!(rejected.is_empty(), "rejected: {rejected:?}");
     let pending =
-        payrecon::store::outbox::count_unpublished(&mut *pool.acquire().await.expect("conn"))
+        payrecon::store::outbox::count_unpublished(&mut pool.acquire().await.expect("conn"))
             .await
             .expect("outbox");
     assert_eq!(pending, 0, "outbox not drained");
