@@ -68,7 +68,7 @@ pub async fn run(
             _ = shutdown.cancelled() => break,
             _ = wake.notified() => {
                 // Under load a wake comes after every committed batch; a
-                // short wait lets the next ones join this round, so the
+                // short wait lets the next ones join this pass, so the
                 // relay's statements and commit are paid per few hundred
                 // events, not per batch.
                 tokio::select! {

@@ -174,8 +174,7 @@ pub async fn count_unpublished(conn: &mut PgConnection) -> Result<i64, StoreErro
     .await?)
 }
 
-/// The partition the id sequence writes into now: the one to leave alone,
-/// with the next, while reclaiming.
+/// The partition that holds the row with this id.
 pub fn slot_of(id: i64) -> i64 {
     id / SLOT_IDS % SLOTS
 }
