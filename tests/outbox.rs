@@ -28,18 +28,30 @@ async fn unpublished(pool: &PgPool) -> i64 {
         .unwrap()
 }
 
-/// One relay pass: its turn, the event ids it reads, and, with `commit`,
-/// its snapshot recorded as published.
-async fn round(pool: &PgPool, commit: bool) -> Vec<uuid::Uuid> {
+/// A relay pass opened: its transaction, its turn and the rows it reads.
+async fn open_pass(
+    pool: &PgPool,
+) -> (
+    sqlx::Transaction<'static, sqlx::Postgres>,
+    outbox::RelayTurn,
+    Vec<outbox::PendingEvent>,
+) {
     let mut tx = pool.begin().await.unwrap();
     let turn = outbox::take_relay_turn(&mut tx)
         .await
         .unwrap()
         .expect("the relay's turn");
-    let rows: Vec<_> = outbox::unpublished(&mut tx, &turn)
+    let rows = outbox::unpublished(&mut tx, &turn)
         .try_collect()
         .await
         .unwrap();
+    (tx, turn, rows)
+}
+
+/// One relay pass: the event ids it reads, and, with `commit`, its snapshot
+/// recorded as published.
+async fn round(pool: &PgPool, commit: bool) -> Vec<uuid::Uuid> {
+    let (mut tx, turn, rows) = open_pass(pool).await;
     if commit {
         outbox::finish_pass(&mut tx, &turn).await.unwrap();
         tx.commit().await.unwrap();
@@ -53,7 +65,7 @@ async fn round(pool: &PgPool, commit: bool) -> Vec<uuid::Uuid> {
 /// back (a nack, an error, a crash) leaves every event for the next one; a
 /// committed pass leaves nothing behind and reads nothing twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_round_counts_only_once_committed() {
+async fn a_pass_counts_only_once_committed() {
     let (_env, pool) = pool_for("relayround").await;
     let mut written = Vec::new();
     for i in 0..3 {
@@ -117,12 +129,7 @@ async fn an_interrupted_pass_resumes_after_its_progress() {
     for i in 0..4 {
         written.push(write_event(&mut pool.acquire().await.unwrap(), i).await);
     }
-    let mut tx = pool.begin().await.unwrap();
-    let turn = outbox::take_relay_turn(&mut tx).await.unwrap().unwrap();
-    let rows: Vec<_> = outbox::unpublished(&mut tx, &turn)
-        .try_collect()
-        .await
-        .unwrap();
+    let (tx, turn, rows) = open_pass(&pool).await;
     outbox::record_progress(&mut pool.acquire().await.unwrap(), &turn, rows[1].id)
         .await
         .unwrap();

@@ -44,19 +44,16 @@ pub async fn run(
 ) -> Result<(), RelayError> {
     // Full partitions are emptied at start, then each time the published
     // ids enter a new partition (every 65536 events).
-    let mut reclaim_due = true;
+    reclaim(&pool).await;
     let mut last_slot = None;
     loop {
         match relay_once(&pool, &channel, &exchange).await {
             Ok(round) => {
-                let slot = round.last_id.map(outbox::slot_of);
-                if slot.is_some() && slot != last_slot {
-                    reclaim_due = last_slot.is_some() || reclaim_due;
-                    last_slot = slot;
-                }
-                if reclaim_due {
-                    reclaim(&pool).await;
-                    reclaim_due = false;
+                if let Some(slot) = round.last_id.map(outbox::slot_of) {
+                    if last_slot.is_some_and(|last| last != slot) {
+                        reclaim(&pool).await;
+                    }
+                    last_slot = Some(slot);
                 }
             }
             Err(RelayOnceError::Store(e)) => {

@@ -7,6 +7,8 @@
 //! records how far it got as a snapshot, not by deleting rows, and whole
 //! partitions of published rows are emptied by `reclaim`.
 
+use std::sync::LazyLock;
+
 use chrono::{DateTime, Utc};
 
 use sqlx::{PgConnection, PgPool};
@@ -64,6 +66,19 @@ const RELAY_LOCK: i64 = 0x6f7574626f78;
 const SLOTS: i64 = 8;
 const SLOT_IDS: i64 = 65536;
 
+/// The rows written by a transaction that had not committed when
+/// `snapshot` (an SQL expression of type pg_snapshot) was taken: its id at
+/// or above the snapshot's xmax, or among its running ones. With the stored
+/// `published` snapshot, these are the rows not yet published; both sides of
+/// the `tx` index's bitmap scan. One definition, because the relay's read,
+/// the count and `reclaim`'s "all published?" must agree.
+fn written_after(snapshot: &str) -> String {
+    format!(
+        "(tx >= pg_snapshot_xmax({snapshot}) \
+          OR tx = ANY(ARRAY(SELECT pg_snapshot_xip({snapshot}))))"
+    )
+}
+
 /// Where a relay pass stands: every row visible in `published` went out
 /// before; the pass publishes, in id order, the rows visible in `reading`
 /// and not in `published` whose id is above `after_id`. Snapshots are
@@ -119,17 +134,19 @@ pub fn unpublished<'c>(
     conn: &'c mut PgConnection,
     turn: &RelayTurn,
 ) -> futures::stream::BoxStream<'c, Result<PendingEvent, sqlx::Error>> {
-    sqlx::query_as(
-        "SELECT id, event_id, routing_key, payload FROM outbox \
-         WHERE (tx >= pg_snapshot_xmax($1::pg_snapshot) \
-                OR tx = ANY(ARRAY(SELECT pg_snapshot_xip($1::pg_snapshot)))) \
-           AND pg_visible_in_snapshot(tx, $2::pg_snapshot) AND id > $3 \
-         ORDER BY id",
-    )
-    .bind(turn.published.clone())
-    .bind(turn.reading.clone())
-    .bind(turn.after_id)
-    .fetch(conn)
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT id, event_id, routing_key, payload FROM outbox \
+             WHERE {} AND pg_visible_in_snapshot(tx, $2::pg_snapshot) AND id > $3 \
+             ORDER BY id",
+            written_after("$1::pg_snapshot")
+        )
+    });
+    sqlx::query_as(SQL.as_str())
+        .bind(turn.published.clone())
+        .bind(turn.reading.clone())
+        .bind(turn.after_id)
+        .fetch(conn)
 }
 
 /// Records that the pass published (confirmed) every row up to `last_id`.
@@ -163,15 +180,15 @@ pub async fn finish_pass(conn: &mut PgConnection, turn: &RelayTurn) -> Result<()
 
 /// Events committed and not yet published.
 pub async fn count_unpublished(conn: &mut PgConnection) -> Result<i64, StoreError> {
-    Ok(sqlx::query_scalar(
-        "SELECT count(*) FROM outbox, outbox_relay r \
-         WHERE (tx >= pg_snapshot_xmax(r.published) \
-                OR tx = ANY(ARRAY(SELECT pg_snapshot_xip(r.published)))) \
-           AND NOT (r.reading IS NOT NULL AND pg_visible_in_snapshot(tx, r.reading) \
-                    AND id <= r.read_up_to)",
-    )
-    .fetch_one(conn)
-    .await?)
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT count(*) FROM outbox, outbox_relay r \
+             WHERE {} AND NOT (r.reading IS NOT NULL \
+               AND pg_visible_in_snapshot(tx, r.reading) AND id <= r.read_up_to)",
+            written_after("r.published")
+        )
+    });
+    Ok(sqlx::query_scalar(SQL.as_str()).fetch_one(conn).await?)
 }
 
 /// The partition that holds the row with this id.
@@ -220,9 +237,8 @@ async fn reclaim_slot(pool: &PgPool, slot: i64) -> Result<bool, StoreError> {
     }
     let done: bool = sqlx::query_scalar(&format!(
         "SELECT EXISTS (SELECT 1 FROM {table}) AND NOT EXISTS ( \
-           SELECT 1 FROM {table}, outbox_relay r \
-           WHERE tx >= pg_snapshot_xmax(r.published) \
-              OR tx = ANY(ARRAY(SELECT pg_snapshot_xip(r.published))))"
+           SELECT 1 FROM {table}, outbox_relay r WHERE {})",
+        written_after("r.published")
     ))
     .fetch_one(&mut *tx)
     .await?;
