@@ -60,7 +60,9 @@ pub async fn apply_places(
     Ok(outcomes)
 }
 
-/// The one-statement path; rejections it finds are added to `events`.
+/// The one-statement path (plain inserts when every key is new, else the
+/// statement that sorts claimed from not); rejections it finds are added
+/// to `events`.
 async fn place_fresh(
     conn: &mut PgConnection,
     envs: &[&Envelope<Request>],
@@ -78,6 +80,12 @@ async fn place_fresh(
             created,
         })
         .collect();
+    if placement::insert_all_new(conn, &placements).await? {
+        for (i, _, _) in fast {
+            outcomes[*i] = Outcome::Applied;
+        }
+        return Ok(());
+    }
     let placed = placement::claim_insert_announce(conn, &placements).await?;
     let mut seen_before: Vec<usize> = Vec::new();
     for (i, order, _) in fast {

@@ -4,11 +4,15 @@
 //! plan) per batch instead of three; the rows and outcomes are those of
 //! `inbox::claim_many`, then `orders::insert` of each claimed request, then
 //! `outbox::enqueue_many`.
+//!
+//! Almost every batch is all new, so it is first tried as plain inserts
+//! (`insert_all_new`); only a batch where that meets a key already taken
+//! pays for the statement that sorts claimed from not (`claim_insert_announce`).
 
 use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
 use super::StoreError;
@@ -33,6 +37,54 @@ pub struct Placed {
     pub inserted: HashSet<Uuid>,
 }
 
+/// Inserts every placement's inbox row, order and `order.created` event,
+/// or nothing: true when all were new. The plain inserts skip what the
+/// careful statement pays for on every row (ON CONFLICT's check of each
+/// key before its insert, the input materialised and joined twice, a row
+/// sent back per claim and per order): about a fifth of PostgreSQL's time
+/// per order. A key already taken (a redelivery, a reused request id, an
+/// order id that exists) fails the statement with unique_violation; it is
+/// rolled back to its savepoint, so the transaction goes on, and the caller
+/// takes the careful path. A key that an uncommitted batch holds makes the
+/// insert wait for that batch, as ON CONFLICT would.
+pub async fn insert_all_new(
+    conn: &mut PgConnection,
+    placements: &[Placement<'_>],
+) -> Result<bool, StoreError> {
+    if placements.is_empty() {
+        return Ok(true);
+    }
+    let cols = Columns::of(placements);
+    let mut savepoint = sqlx::Connection::begin(&mut *conn).await?;
+    let inserted = sqlx::query(
+        "WITH claimed AS ( \
+           INSERT INTO inbox (request_id, request_type, body_hash, outcome) \
+           SELECT request_id, request_type, body_hash, 'processed' \
+           FROM UNNEST($1::text[], $2::text[], $3::bytea[]) AS t(request_id, request_type, body_hash)), \
+         inserted AS ( \
+           INSERT INTO orders (order_id, out_trade_no, user_id, items, currency, total_amount, \
+             payment_method, status, payment_state, created_at, expires_at) \
+           SELECT * FROM UNNEST($4::uuid[], $5::text[], $6::text[], $7::jsonb[], $8::text[], \
+             $9::bigint[], $10::text[], $11::text[], $12::text[], $13::timestamptz[], $14::timestamptz[])) \
+         INSERT INTO outbox (event_id, routing_key, payload, created_at) \
+         SELECT event_id, 'order.created', payload, occurred_at \
+         FROM UNNEST($15::uuid[], $16::text[], $17::timestamptz[]) AS t(event_id, payload, occurred_at)",
+    );
+    match cols.bind(inserted).execute(&mut *savepoint).await {
+        Ok(_) => {
+            savepoint.commit().await?;
+            Ok(true)
+        }
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some(UNIQUE_VIOLATION) => {
+            savepoint.rollback().await?;
+            Ok(false)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+const UNIQUE_VIOLATION: &str = "23505";
+
 /// `placements` must not repeat a request id or an order id (the caller
 /// sends repeats of a batch through the one-by-one path): within one
 /// statement, a repeated key could not tell which of its rows won.
@@ -43,25 +95,8 @@ pub async fn claim_insert_announce(
     if placements.is_empty() {
         return Ok(Placed::default());
     }
-    let rids = column(placements, |p| p.request_id);
-    let kinds = column(placements, |p| p.request_type);
-    let users = column(placements, |p| p.order.user_id.as_str());
-    let currencies = column(placements, |p| p.order.currency.as_str());
-    let methods = column(placements, |p| p.order.payment_method.as_str());
-    let statuses = column(placements, |p| p.order.status.as_str());
-    let states = column(placements, |p| p.order.payment_state.as_str());
-    let hashes: Vec<&[u8]> = column(placements, |p| p.body_hash);
-    let ids: Vec<Uuid> = column(placements, |p| p.order.order_id.0);
-    let otns: Vec<String> = column(placements, |p| p.order.out_trade_no());
-    let items: Vec<sqlx::types::Json<&[crate::domain::LineItem]>> =
-        column(placements, |p| sqlx::types::Json(p.order.items.as_slice()));
-    let totals: Vec<i64> = column(placements, |p| p.order.total_amount.fen());
-    let created: Vec<DateTime<Utc>> = column(placements, |p| p.order.created_at);
-    let expires: Vec<DateTime<Utc>> = column(placements, |p| p.order.expires_at);
-    let event_ids: Vec<Uuid> = column(placements, |p| p.created.event_id);
-    let payloads: Vec<&str> = column(placements, |p| p.created.payload.as_str());
-    let occurred: Vec<DateTime<Utc>> = column(placements, |p| p.created.occurred_at);
-    let rows: Vec<(bool, String)> = sqlx::query_as(
+    let cols = Columns::of(placements);
+    let statement = sqlx::query(
         "WITH input AS ( \
            SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::uuid[], $5::text[], $6::text[], \
              $7::jsonb[], $8::text[], $9::bigint[], $10::text[], $11::text[], $12::text[], \
@@ -84,28 +119,11 @@ pub async fn claim_insert_announce(
            INSERT INTO outbox (event_id, routing_key, payload, created_at) \
            SELECT event_id, 'order.created', payload, occurred_at FROM input JOIN inserted USING (order_id)) \
          SELECT true, request_id FROM claimed UNION ALL SELECT false, order_id::text FROM inserted",
-    )
-    .bind(&rids)
-    .bind(&kinds)
-    .bind(&hashes)
-    .bind(&ids)
-    .bind(&otns)
-    .bind(&users)
-    .bind(&items)
-    .bind(&currencies)
-    .bind(&totals)
-    .bind(&methods)
-    .bind(&statuses)
-    .bind(&states)
-    .bind(&created)
-    .bind(&expires)
-    .bind(&event_ids)
-    .bind(&payloads)
-    .bind(&occurred)
-    .fetch_all(conn)
-    .await?;
+    );
+    let rows = cols.bind(statement).fetch_all(conn).await?;
     let mut placed = Placed::default();
-    for (is_claim, key) in rows {
+    for row in rows {
+        let (is_claim, key): (bool, String) = (row.try_get(0)?, row.try_get(1)?);
         if is_claim {
             placed.claimed.insert(key);
         } else if let Ok(id) = Uuid::parse_str(&key) {
@@ -114,6 +132,73 @@ pub async fn claim_insert_announce(
     }
     Ok(placed)
 }
+
+/// The placements as the statements' 17 arrays, in parameter order.
+struct Columns<'a> {
+    rids: Vec<&'a str>,
+    kinds: Vec<&'a str>,
+    hashes: Vec<&'a [u8]>,
+    ids: Vec<Uuid>,
+    otns: Vec<String>,
+    users: Vec<&'a str>,
+    items: Vec<sqlx::types::Json<&'a [crate::domain::LineItem]>>,
+    currencies: Vec<&'a str>,
+    totals: Vec<i64>,
+    methods: Vec<&'a str>,
+    statuses: Vec<&'a str>,
+    states: Vec<&'a str>,
+    created: Vec<DateTime<Utc>>,
+    expires: Vec<DateTime<Utc>>,
+    event_ids: Vec<Uuid>,
+    payloads: Vec<&'a str>,
+    occurred: Vec<DateTime<Utc>>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(placements: &'a [Placement<'a>]) -> Self {
+        Columns {
+            rids: column(placements, |p| p.request_id),
+            kinds: column(placements, |p| p.request_type),
+            hashes: column(placements, |p| p.body_hash),
+            ids: column(placements, |p| p.order.order_id.0),
+            otns: column(placements, |p| p.order.out_trade_no()),
+            users: column(placements, |p| p.order.user_id.as_str()),
+            items: column(placements, |p| sqlx::types::Json(p.order.items.as_slice())),
+            currencies: column(placements, |p| p.order.currency.as_str()),
+            totals: column(placements, |p| p.order.total_amount.fen()),
+            methods: column(placements, |p| p.order.payment_method.as_str()),
+            statuses: column(placements, |p| p.order.status.as_str()),
+            states: column(placements, |p| p.order.payment_state.as_str()),
+            created: column(placements, |p| p.order.created_at),
+            expires: column(placements, |p| p.order.expires_at),
+            event_ids: column(placements, |p| p.created.event_id),
+            payloads: column(placements, |p| p.created.payload.as_str()),
+            occurred: column(placements, |p| p.created.occurred_at),
+        }
+    }
+
+    fn bind<'q>(&'q self, q: PgQuery<'q>) -> PgQuery<'q> {
+        q.bind(&self.rids)
+            .bind(&self.kinds)
+            .bind(&self.hashes)
+            .bind(&self.ids)
+            .bind(&self.otns)
+            .bind(&self.users)
+            .bind(&self.items)
+            .bind(&self.currencies)
+            .bind(&self.totals)
+            .bind(&self.methods)
+            .bind(&self.statuses)
+            .bind(&self.states)
+            .bind(&self.created)
+            .bind(&self.expires)
+            .bind(&self.event_ids)
+            .bind(&self.payloads)
+            .bind(&self.occurred)
+    }
+}
+
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
 fn column<'a, T>(placements: &'a [Placement<'a>], f: impl Fn(&'a Placement<'a>) -> T) -> Vec<T> {
     placements.iter().map(f).collect()
