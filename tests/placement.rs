@@ -62,7 +62,11 @@ async fn counts(conn: &mut PgConnection) -> (i64, i64, i64) {
         .fetch_one(&mut *conn)
         .await
         .unwrap();
-    (inbox, orders, outbox::count_unpublished(conn).await.unwrap())
+    (
+        inbox,
+        orders,
+        outbox::count_unpublished(conn).await.unwrap(),
+    )
 }
 
 async fn pool_for(tag: &str) -> (TestEnv, PgPool) {
@@ -113,7 +117,11 @@ async fn refused_then_sorted(tag: &str, first: Vec<Placing>, second: Vec<Placing
     assert!(!placement::insert_all_new(&mut tx, &placements(&second))
         .await
         .unwrap());
-    assert_eq!(counts(&mut tx).await, before, "nothing of the refused batch is left");
+    assert_eq!(
+        counts(&mut tx).await,
+        before,
+        "nothing of the refused batch is left"
+    );
     let placed = placement::claim_insert_announce(&mut tx, &placements(&second))
         .await
         .unwrap();
