@@ -22,6 +22,15 @@ async fn write_event(conn: &mut sqlx::PgConnection, i: usize) -> uuid::Uuid {
     event.event_id
 }
 
+/// `n` events, each committed on its own; their ids in the order written.
+async fn write_events(pool: &PgPool, n: usize) -> Vec<uuid::Uuid> {
+    let mut written = Vec::with_capacity(n);
+    for i in 0..n {
+        written.push(write_event(&mut pool.acquire().await.unwrap(), i).await);
+    }
+    written
+}
+
 async fn unpublished(pool: &PgPool) -> i64 {
     outbox::count_unpublished(&mut pool.acquire().await.unwrap())
         .await
@@ -67,10 +76,7 @@ async fn round(pool: &PgPool, commit: bool) -> Vec<uuid::Uuid> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pass_counts_only_once_committed() {
     let (_env, pool) = pool_for("relayround").await;
-    let mut written = Vec::new();
-    for i in 0..3 {
-        written.push(write_event(&mut pool.acquire().await.unwrap(), i).await);
-    }
+    let written = write_events(&pool, 3).await;
 
     let mut first = pool.begin().await.unwrap();
     assert!(outbox::take_relay_turn(&mut first).await.unwrap().is_some());
@@ -125,10 +131,7 @@ async fn a_late_commit_goes_out_in_the_next_round() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_pass_resumes_after_its_progress() {
     let (_env, pool) = pool_for("resume").await;
-    let mut written = Vec::new();
-    for i in 0..4 {
-        written.push(write_event(&mut pool.acquire().await.unwrap(), i).await);
-    }
+    let written = write_events(&pool, 4).await;
     let (tx, turn, rows) = open_pass(&pool).await;
     outbox::record_progress(&mut pool.acquire().await.unwrap(), &turn, rows[1].id)
         .await

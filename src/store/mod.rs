@@ -56,13 +56,23 @@ fn is_transient_sqlx(e: &sqlx::Error) -> bool {
         | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
-        sqlx::Error::Database(db) => {
-            // serialization_failure, deadlock_detected, admin_shutdown, cannot_connect_now
-            matches!(
-                db.code().as_deref(),
-                Some("40001" | "40P01" | "57P01" | "57P03")
-            )
-        }
+        // serialization_failure, deadlock_detected, admin_shutdown, cannot_connect_now
+        e => has_sqlstate(e, &["40001", "40P01", "57P01", "57P03"]),
+    }
+}
+
+/// SQLSTATE codes the store acts on.
+pub(crate) mod sqlstate {
+    pub const UNIQUE_VIOLATION: &str = "23505";
+    pub const LOCK_NOT_AVAILABLE: &str = "55P03";
+    pub const INVALID_CATALOG_NAME: &str = "3D000";
+    pub const DUPLICATE_DATABASE: &str = "42P04";
+}
+
+/// True when `e` is an error PostgreSQL reported with one of these codes.
+pub(crate) fn has_sqlstate(e: &sqlx::Error, codes: &[&str]) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| codes.contains(&c.as_ref())),
         _ => false,
     }
 }
@@ -104,7 +114,7 @@ async fn create_database_if_missing(options: &PgConnectOptions) -> Result<(), St
             let _ = conn.close().await;
             return Ok(());
         }
-        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("3D000") => {}
+        Err(e) if has_sqlstate(&e, &[sqlstate::INVALID_CATALOG_NAME]) => {}
         Err(e) => return Err(e.into()),
     }
     let mut admin = PgConnection::connect_with(&options.clone().database("postgres")).await?;
@@ -115,8 +125,11 @@ async fn create_database_if_missing(options: &PgConnectOptions) -> Result<(), St
     {
         Ok(_) => tracing::info!(database = %name, "created database"),
         // Another instance created it between our check and our CREATE.
-        Err(sqlx::Error::Database(db))
-            if matches!(db.code().as_deref(), Some("42P04" | "23505")) => {}
+        Err(e)
+            if has_sqlstate(
+                &e,
+                &[sqlstate::DUPLICATE_DATABASE, sqlstate::UNIQUE_VIOLATION],
+            ) => {}
         Err(e) => return Err(e.into()),
     }
     let _ = admin.close().await;

@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 
 use sqlx::{PgConnection, PgPool};
 
-use super::StoreError;
+use super::{has_sqlstate, sqlstate, StoreError};
 use crate::messaging::contracts::Event;
 
 pub async fn enqueue(conn: &mut PgConnection, event: &Event) -> Result<(), StoreError> {
@@ -229,10 +229,8 @@ async fn reclaim_slot(pool: &PgPool, slot: i64) -> Result<bool, StoreError> {
         .await;
     match locked {
         Ok(_) => {}
-        // lock_not_available: busy; try again at the next call.
-        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("55P03") => {
-            return Ok(false)
-        }
+        // Busy: try again at the next call.
+        Err(e) if has_sqlstate(&e, &[sqlstate::LOCK_NOT_AVAILABLE]) => return Ok(false),
         Err(e) => return Err(e.into()),
     }
     let done: bool = sqlx::query_scalar(&format!(

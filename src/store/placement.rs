@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, Row};
 use uuid::Uuid;
 
-use super::StoreError;
+use super::{has_sqlstate, sqlstate, StoreError};
 use crate::domain::Order;
 use crate::messaging::contracts::SerializedEvent;
 
@@ -42,10 +42,10 @@ pub struct Placed {
 /// careful statement pays for on every row (ON CONFLICT's check of each
 /// key before its insert, the input materialised and joined twice, a row
 /// sent back per claim and per order): in the throughput bench the
-/// statement's 54 µs of PostgreSQL time per order became 31. A key already taken (a redelivery, a reused request id, an
-/// order id that exists) fails the statement with unique_violation; it is
-/// rolled back to its savepoint, so the transaction goes on, and the caller
-/// takes the careful path. A key that an uncommitted batch holds makes the
+/// statement's 54 µs of PostgreSQL time per order became 31. A key already
+/// taken (a redelivery, a reused request id, an order id that exists) fails
+/// the statement with unique_violation; it is rolled back to its savepoint,
+/// so the transaction goes on, and the caller takes the careful path. A key that an uncommitted batch holds makes the
 /// insert wait for that batch, as ON CONFLICT would.
 pub async fn insert_all_new(
     conn: &mut PgConnection,
@@ -75,15 +75,13 @@ pub async fn insert_all_new(
             savepoint.commit().await?;
             Ok(true)
         }
-        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some(UNIQUE_VIOLATION) => {
+        Err(e) if has_sqlstate(&e, &[sqlstate::UNIQUE_VIOLATION]) => {
             savepoint.rollback().await?;
             Ok(false)
         }
         Err(e) => Err(e.into()),
     }
 }
-
-const UNIQUE_VIOLATION: &str = "23505";
 
 /// `placements` must not repeat a request id or an order id (the caller
 /// sends repeats of a batch through the one-by-one path): within one
