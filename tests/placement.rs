@@ -1,5 +1,6 @@
-//! The order.place statements against the real PostgreSQL: the plain
-//! inserts of an all-new batch, and what they leave when a key is taken.
+//! The order.place statements against the real PostgreSQL: the COPYs of
+//! an all-new batch, the rows they write, and what they leave when a key
+//! is taken.
 
 mod common;
 
@@ -20,7 +21,10 @@ struct Placing {
 }
 
 fn placing(request_id: &str, order_id: OrderId) -> Placing {
-    let mut data = place_data("wechat_pay");
+    placing_with(request_id, order_id, place_data("wechat_pay"))
+}
+
+fn placing_with(request_id: &str, order_id: OrderId, mut data: serde_json::Value) -> Placing {
     data["order_id"] = serde_json::json!(order_id.to_string());
     let body = serde_json::json!({"type": "order.place", "request_id": request_id,
         "sent_at": "2026-11-24T10:00:00+08:00", "data": data});
@@ -148,4 +152,118 @@ async fn an_existing_order_id_sends_the_batch_the_careful_way() {
     // A new request naming the order the first batch created.
     second.push(placing("exists-other", first[0].order.order_id));
     refused_then_sorted("place_exists", first, second, 1).await;
+}
+
+/// What the three rows of a placed order hold, as text, read back.
+async fn stored(conn: &mut PgConnection, p: &Placing) -> Vec<Option<String>> {
+    sqlx::query_as::<_, (Vec<Option<String>>,)>(
+        "SELECT ARRAY[i.request_type, encode(i.body_hash, 'hex'), i.outcome, \
+                o.out_trade_no, o.user_id, o.items::text, o.currency, o.total_amount::text, \
+                o.payment_method, o.status, o.payment_state, \
+                to_char(o.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US'), \
+                to_char(o.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US'), \
+                e.routing_key, e.payload, \
+                to_char(e.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')] \
+         FROM inbox i, orders o, outbox e \
+         WHERE i.request_id = $1 AND o.order_id = $2 AND e.event_id = $3",
+    )
+    .bind(&p.request_id)
+    .bind(p.order.order_id.0)
+    .bind(p.created.event_id)
+    .fetch_one(conn)
+    .await
+    .unwrap()
+    .0
+}
+
+/// What those rows must hold for `p`: the values the request parsed to,
+/// times to the microsecond PostgreSQL keeps.
+fn expected(p: &Placing) -> Vec<Option<String>> {
+    let micros = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M:%S%.6f").to_string();
+    let items = serde_json::to_value(&p.order.items).unwrap();
+    [
+        "order.place".to_string(),
+        hex::encode(&p.digest),
+        "processed".to_string(),
+        p.order.out_trade_no(),
+        p.order.user_id.as_str().to_string(),
+        // jsonb's own spelling of the items, whatever the input's.
+        sqlx_jsonb_text(&items),
+        p.order.currency.as_str().to_string(),
+        p.order.total_amount.fen().to_string(),
+        p.order.payment_method.as_str().to_string(),
+        p.order.status.as_str().to_string(),
+        p.order.payment_state.as_str().to_string(),
+        micros(p.order.created_at),
+        micros(p.order.expires_at),
+        "order.created".to_string(),
+        p.created.payload.clone(),
+        micros(p.created.occurred_at),
+    ]
+    .into_iter()
+    .map(Some)
+    .collect()
+}
+
+/// jsonb prints objects with ", " and ": " and its keys sorted by length,
+/// then bytes; serde_json's Value keeps them sorted by bytes.
+fn sqlx_jsonb_text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Array(a) => {
+            format!(
+                "[{}]",
+                a.iter().map(sqlx_jsonb_text).collect::<Vec<_>>().join(", ")
+            )
+        }
+        serde_json::Value::Object(o) => {
+            let mut keys: Vec<&String> = o.keys().collect();
+            keys.sort_by(|a, b| a.len().cmp(&b.len()).then(a.cmp(b)));
+            let fields: Vec<String> = keys
+                .into_iter()
+                .map(|k| {
+                    format!(
+                        "{}: {}",
+                        serde_json::Value::from(k.as_str()),
+                        sqlx_jsonb_text(&o[k])
+                    )
+                })
+                .collect();
+            format!("{{{}}}", fields.join(", "))
+        }
+        other => other.to_string(),
+    }
+}
+
+#[tokio::test]
+async fn the_copies_write_what_the_careful_statement_writes() {
+    let (_env, pool) = pool_for("place_rows").await;
+    // Text that COPY's framing must carry untouched: quotes, a backslash,
+    // a tab, a newline and characters outside ASCII.
+    let mut data = place_data("alipay");
+    data["user_id"] = serde_json::json!("用户\t\"1\"");
+    data["items"] = serde_json::json!([
+        {"product_id": "商品\\2\n", "quantity": 3, "unit_price": 1},
+        {"product_id": "p\t9", "quantity": 1, "unit_price": 999_999}
+    ]);
+    let copied = placing_with("rows-copy", OrderId::generate(), data.clone());
+    let careful = placing_with("rows-careful", OrderId::generate(), data);
+    let mut tx = pool.begin().await.unwrap();
+    assert!(
+        placement::insert_all_new(&mut tx, &placements(std::slice::from_ref(&copied)))
+            .await
+            .unwrap()
+    );
+    let placed =
+        placement::claim_insert_announce(&mut tx, &placements(std::slice::from_ref(&careful)))
+            .await
+            .unwrap();
+    assert_eq!(placed.inserted.len(), 1);
+    tx.commit().await.unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    let (from_copy, from_statement) = (
+        stored(&mut conn, &copied).await,
+        stored(&mut conn, &careful).await,
+    );
+    assert_eq!(from_copy, expected(&copied));
+    assert_eq!(from_statement, expected(&careful));
 }

@@ -2,6 +2,7 @@
 //! decides the transaction: a message's inbox row, its state change and its
 //! outbox events commit together or not at all.
 
+pub mod copy;
 pub mod inbox;
 pub mod jobs;
 pub mod orders;
