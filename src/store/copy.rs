@@ -18,21 +18,27 @@ const HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 /// Ends the stream (a tuple with field count -1).
 const TRAILER: &[u8] = &[0xff, 0xff];
 
-/// A binary COPY stream being built, one row at a time.
+/// A binary COPY stream being built, one row at a time, for the columns it
+/// was made for: the statement and the rows' width come from one list.
 pub struct CopyRows {
+    statement: String,
     data: PgArgumentBuffer,
     columns: u16,
     left_in_row: u16,
 }
 
 impl CopyRows {
-    /// A stream for rows of `columns` fields each.
-    pub fn new(columns: u16) -> Self {
+    /// Rows for `columns` of `table`, whose fields follow in that order.
+    pub fn new(table: &'static str, columns: &[&'static str]) -> Self {
         let mut data = PgArgumentBuffer::default();
         data.extend_from_slice(HEADER);
         CopyRows {
+            statement: format!(
+                "COPY {table} ({}) FROM STDIN (FORMAT BINARY)",
+                columns.join(", ")
+            ),
             data,
-            columns,
+            columns: u16::try_from(columns.len()).unwrap_or(u16::MAX),
             left_in_row: 0,
         }
     }
@@ -71,17 +77,13 @@ impl CopyRows {
         Ok(self)
     }
 
-    /// Sends the rows with `statement` (a `COPY … FROM STDIN (FORMAT
-    /// BINARY)`); returns how many PostgreSQL wrote. An error (a unique key
-    /// taken, say) fails the whole COPY and leaves the connection usable.
-    pub async fn send(
-        mut self,
-        conn: &mut PgConnection,
-        statement: &str,
-    ) -> Result<u64, sqlx::Error> {
+    /// Sends the rows; returns how many PostgreSQL wrote. An error (a
+    /// unique key taken, say) fails the whole COPY and leaves the
+    /// connection usable.
+    pub async fn send(mut self, conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
         debug_assert_eq!(self.left_in_row, 0, "the last row is incomplete");
         self.data.extend_from_slice(TRAILER);
-        let mut copy = conn.copy_in_raw(statement).await?;
+        let mut copy = conn.copy_in_raw(&self.statement).await?;
         if let Err(e) = copy.send(self.data.as_slice()).await {
             // The server's own error, if it sent one, comes with the abort.
             copy.abort("payrecon: sending the rows failed").await?;

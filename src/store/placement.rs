@@ -80,7 +80,10 @@ async fn copy_all(
     conn: &mut PgConnection,
     placements: &[Placement<'_>],
 ) -> Result<(), sqlx::Error> {
-    let mut inbox = CopyRows::new(4);
+    let mut inbox = CopyRows::new(
+        "inbox",
+        &["request_id", "request_type", "body_hash", "outcome"],
+    );
     for p in placements {
         inbox
             .row()
@@ -89,13 +92,23 @@ async fn copy_all(
             .field(&p.body_hash)?
             .field(&"processed")?;
     }
-    inbox
-        .send(
-            conn,
-            "COPY inbox (request_id, request_type, body_hash, outcome) FROM STDIN (FORMAT BINARY)",
-        )
-        .await?;
-    let mut orders = CopyRows::new(11);
+    inbox.send(conn).await?;
+    let mut orders = CopyRows::new(
+        "orders",
+        &[
+            "order_id",
+            "out_trade_no",
+            "user_id",
+            "items",
+            "currency",
+            "total_amount",
+            "payment_method",
+            "status",
+            "payment_state",
+            "created_at",
+            "expires_at",
+        ],
+    );
     for p in placements {
         let o = p.order;
         orders
@@ -112,14 +125,11 @@ async fn copy_all(
             .field(&o.created_at)?
             .field(&o.expires_at)?;
     }
-    orders
-        .send(
-            conn,
-            "COPY orders (order_id, out_trade_no, user_id, items, currency, total_amount, \
-             payment_method, status, payment_state, created_at, expires_at) FROM STDIN (FORMAT BINARY)",
-        )
-        .await?;
-    let mut events = CopyRows::new(4);
+    orders.send(conn).await?;
+    let mut events = CopyRows::new(
+        "outbox",
+        &["event_id", "routing_key", "payload", "created_at"],
+    );
     for p in placements {
         events
             .row()
@@ -128,12 +138,7 @@ async fn copy_all(
             .field(&p.created.payload.as_str())?
             .field(&p.created.occurred_at)?;
     }
-    events
-        .send(
-            conn,
-            "COPY outbox (event_id, routing_key, payload, created_at) FROM STDIN (FORMAT BINARY)",
-        )
-        .await?;
+    events.send(conn).await?;
     Ok(())
 }
 
