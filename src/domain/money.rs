@@ -130,7 +130,7 @@ mod tests {
         assert_eq!(Money::parse_yuan("0.01").unwrap().fen(), 1);
         assert_eq!(Money::from_fen(5).unwrap().to_yuan_string(), "0.05");
         assert_eq!(
-            Money::from_fen(100_000_000_00).unwrap().to_yuan_string(),
+            Money::from_fen(10_000_000_000).unwrap().to_yuan_string(),
             "100000000.00"
         );
         for bad in [
