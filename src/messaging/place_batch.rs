@@ -4,7 +4,7 @@
 //! `handler::apply`).
 //!
 //! Each request that is the first of the run with its request id and its
-//! order id goes through one statement (`store::placement`). The others (a
+//! order id goes through the bulk path (`store::placement`). The others (a
 //! repeated id, an order that does not validate) can depend on the ones
 //! before them, so they follow, in order, through the inbox claim.
 
@@ -60,9 +60,9 @@ pub async fn apply_places(
     Ok(outcomes)
 }
 
-/// The one-statement path (plain inserts when every key is new, else the
-/// statement that sorts claimed from not); rejections it finds are added
-/// to `events`.
+/// The bulk path (plain COPYs when every key is new, else the statement
+/// that sorts claimed from not); rejections it finds are added to
+/// `events`.
 async fn place_fresh(
     conn: &mut PgConnection,
     envs: &[&Envelope<Request>],

@@ -1,13 +1,12 @@
-//! The `order.place` hot path in one statement: claim the request ids in
-//! the inbox, insert the orders whose claim is new, and write the
-//! `order.created` event of each order inserted. One round trip (and one
-//! plan) per batch instead of three; the rows and outcomes are those of
-//! `inbox::claim_many`, then `orders::insert` of each claimed request, then
-//! `outbox::enqueue_many`.
+//! The `order.place` hot path: claim the request ids in the inbox, insert
+//! the orders whose claim is new, and write the `order.created` event of
+//! each order inserted, with a fixed number of round trips per batch. The
+//! rows and outcomes are those of `inbox::claim_many`, then `orders::insert`
+//! of each claimed request, then `outbox::enqueue_many`.
 //!
 //! Almost every batch is all new, so it is first written with plain COPYs
 //! of its three kinds of rows (`insert_all_new`); only a batch where that
-//! meets a key already taken pays for the statement that sorts claimed
+//! meets a key already taken pays for the one statement that sorts claimed
 //! from not (`claim_insert_announce`).
 
 use std::collections::HashSet;
