@@ -17,7 +17,9 @@
 //! Target (issue "Foundation"): ratio ≥ 0.5.
 //!
 //! Run: `cargo bench --bench throughput` (PAYRECON_BENCH_N messages per round,
-//! default 10000; PAYRECON_BENCH_ROUNDS rounds, default 5).
+//! default 10000; PAYRECON_BENCH_ROUNDS rounds, default 5;
+//! PAYRECON_BENCH_PREFETCH the daemon's `amqp.prefetch`, default the
+//! contract's 256, to measure what a deployment's own setting gives).
 
 use std::time::{Duration, Instant};
 
@@ -41,14 +43,8 @@ use cpu::{CpuTicks, MachineShare};
 const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 fn main() {
-    let n: usize = std::env::var("PAYRECON_BENCH_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
-    let rounds: usize = std::env::var("PAYRECON_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
+    let n: usize = env_number("PAYRECON_BENCH_N").unwrap_or(10_000);
+    let rounds: usize = env_number("PAYRECON_BENCH_ROUNDS").unwrap_or(5);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -83,6 +79,10 @@ fn main() {
         let median = median(ratios);
         println!("order.place throughput / broker ceiling: median ratio {median:.3} over {rounds} rounds of {n} (target >= 0.5)");
     });
+}
+
+fn env_number<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
 }
 
 /// Publishes with confirms, 1000 at a time, through the same publisher the
@@ -264,6 +264,9 @@ async fn payrecon_rate(prefix: &str, n: usize) -> Measured {
     let mut s = Settings::default();
     s.database.url = Secret(format!("postgres://postgres@127.0.0.1:5432/{db}"));
     s.amqp.prefix = prefix.to_string();
+    if let Some(prefetch) = env_number("PAYRECON_BENCH_PREFETCH") {
+        s.amqp.prefetch = prefetch;
+    }
     s.http.listen = "127.0.0.1:0".into();
     s.simulator.listen = "127.0.0.1:0".into();
     let keys = tempfile::tempdir().expect("tempdir");
