@@ -5,7 +5,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::Poll;
 
-use futures::future::join_all;
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation};
@@ -74,38 +73,118 @@ pub async fn publish_all(
         confirms.push(sent?);
     }
     let mut acked = Vec::with_capacity(confirms.len());
-    for result in join_all(confirms).await {
+    for result in in_order(confirms).await {
         acked.push(matches!(result?, Confirmation::Ack(_)));
     }
     Ok(acked)
 }
 
-/// Like `join_all`, but every pass polls the futures strictly in order, so
-/// the first poll of each (where a publish queues its frames) happens in
-/// the order of the list.
-async fn in_order<F: Future + Unpin>(futures: Vec<F>) -> Vec<F::Output> {
-    let mut slots: Vec<(F, Option<F::Output>)> = futures.into_iter().map(|f| (f, None)).collect();
-    std::future::poll_fn(move |cx| {
-        let mut pending = false;
-        for (future, output) in slots.iter_mut() {
-            if output.is_none() {
-                match Pin::new(future).poll(cx) {
-                    Poll::Ready(value) => *output = Some(value),
-                    Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            return Poll::Pending;
-        }
-        Poll::Ready(slots.iter_mut().filter_map(|(_, o)| o.take()).collect())
+/// Awaits every future, polling each for the first time strictly in the
+/// order of the list (where a publish queues its frames).
+///
+/// Then it waits for the last one, usually resolved last (lapin's I/O
+/// thread writes frames in order, and the broker mostly confirms in order),
+/// and collects the rest in order, most of them done by then; the result
+/// does not depend on that order. The join this replaced polled every
+/// pending future again on every wake-up: in the throughput bench it cost
+/// 1.0 and 2.3 µs more of the daemon's CPU per message than this in two
+/// alternated runs of 20 rounds.
+async fn in_order<F: Future + Unpin>(mut futures: Vec<F>) -> Vec<F::Output> {
+    let mut outputs: Vec<Option<F::Output>> = std::future::poll_fn(|cx| {
+        Poll::Ready(
+            futures
+                .iter_mut()
+                .map(|f| match Pin::new(f).poll(cx) {
+                    Poll::Ready(v) => Some(v),
+                    Poll::Pending => None,
+                })
+                .collect(),
+        )
     })
-    .await
+    .await;
+    if let (Some(last), Some(slot @ None)) = (futures.last_mut(), outputs.last_mut()) {
+        *slot = Some(last.await);
+    }
+    let mut done = Vec::with_capacity(outputs.len());
+    for (future, output) in futures.iter_mut().zip(outputs) {
+        done.push(match output {
+            Some(v) => v,
+            None => future.await,
+        });
+    }
+    done
 }
 
 pub async fn publish_one(channel: &Channel, message: Outgoing<'_>) -> Result<(), PublishError> {
     match publish_all(channel, vec![message]).await?.first() {
         Some(true) => Ok(()),
         _ => Err(PublishError::Nacked),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use tokio::sync::oneshot;
+
+    /// Logs its first poll; resolves to its value when told (or at once).
+    struct Probe {
+        id: usize,
+        first_polls: Arc<Mutex<Vec<usize>>>,
+        polled: bool,
+        value: Option<oneshot::Receiver<usize>>,
+    }
+
+    impl Future for Probe {
+        type Output = usize;
+        fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<usize> {
+            if !self.polled {
+                self.polled = true;
+                let id = self.id;
+                self.first_polls.lock().expect("log").push(id);
+            }
+            let id = self.id;
+            match self.value.as_mut() {
+                None => Poll::Ready(id * 10),
+                Some(rx) => Pin::new(rx).poll(cx).map(|v| v.expect("sender kept")),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn in_order_polls_first_in_list_order_and_returns_in_list_order() {
+        const N: usize = 40;
+        let first_polls = Arc::new(Mutex::new(Vec::new()));
+        let mut senders = Vec::new();
+        let probes: Vec<Probe> = (0..N)
+            .map(|id| {
+                // Every third is ready at its first poll.
+                let value = (id % 3 != 0).then(|| {
+                    let (tx, rx) = oneshot::channel();
+                    senders.push((id, tx));
+                    rx
+                });
+                Probe {
+                    id,
+                    first_polls: first_polls.clone(),
+                    polled: false,
+                    value,
+                }
+            })
+            .collect();
+        let joined = tokio::spawn(in_order(probes));
+        while first_polls.lock().expect("log").len() < N {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        assert_eq!(*first_polls.lock().expect("log"), (0..N).collect::<Vec<_>>());
+        // Resolved out of order: the last one first, then the rest backwards.
+        senders.reverse();
+        for (id, tx) in senders {
+            tx.send(id * 10).expect("receiver alive");
+            tokio::task::yield_now().await;
+        }
+        let out = joined.await.expect("join");
+        assert_eq!(out, (0..N).map(|id| id * 10).collect::<Vec<_>>());
     }
 }
