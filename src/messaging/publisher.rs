@@ -154,7 +154,8 @@ mod tests {
 
     #[tokio::test]
     async fn in_order_polls_first_in_list_order_and_returns_in_list_order() {
-        const N: usize = 40;
+        // The last one (40) waits, so the wait for it is exercised.
+        const N: usize = 41;
         let first_polls = Arc::new(Mutex::new(Vec::new()));
         let mut senders = Vec::new();
         let probes: Vec<Probe> = (0..N)
@@ -177,7 +178,10 @@ mod tests {
         while first_polls.lock().expect("log").len() < N {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
-        assert_eq!(*first_polls.lock().expect("log"), (0..N).collect::<Vec<_>>());
+        assert_eq!(
+            *first_polls.lock().expect("log"),
+            (0..N).collect::<Vec<_>>()
+        );
         // Resolved out of order: the last one first, then the rest backwards.
         senders.reverse();
         for (id, tx) in senders {
