@@ -10,8 +10,9 @@
 //! measures the client's thread hand-off, not the broker, and made the
 //! "ceiling" swing between 9,000 and 22,000 msg/s from round to round.
 //! Messaging floor: the baseline plus one event of an order.created's size
-//! published with confirms to `P.events` per message, which is what the
-//! contract asks of payrecon on the broker with no database and no logic.
+//! published with confirms to `P.events` per message, on the daemon's own
+//! events link (`messaging::confirm_link`), which is what the contract asks
+//! of payrecon on the broker with no database and no logic.
 //! Each phase also reports CPU per message by process and how busy the
 //! machine was (see `support/cpu.rs`).
 //! Target (issue "Foundation"): ratio ≥ 0.5.
@@ -31,6 +32,7 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use payrecon::config::{Secret, Settings};
 use payrecon::domain::Order;
+use payrecon::messaging::confirm_link::ConfirmLink;
 use payrecon::messaging::contracts::SerializedEvent;
 use payrecon::messaging::publisher::{self, Outgoing};
 use payrecon::messaging::requests::{parse_request, Request};
@@ -144,8 +146,12 @@ async fn broker_ceiling(prefix: &str, n: usize, events: bool) -> Measured {
     // Made before the clock starts, as on the payrecon side.
     let bodies = vec![sample_request("baseline").into_bytes(); n];
     // Connected before the clock starts, as the daemon is (see payrecon_rate).
-    let events_ch = if events {
-        Some(confirming_channel().await)
+    let events_link = if events {
+        Some(
+            ConfirmLink::connect(AMQP, &format!("{prefix}-floor-events"))
+                .await
+                .expect("events link"),
+        )
     } else {
         None
     };
@@ -163,7 +169,7 @@ async fn broker_ceiling(prefix: &str, n: usize, events: bool) -> Measured {
     // Events go out from a task of their own, as the daemon's relay does,
     // so consuming never waits for their confirms.
     let (due, mut events_due) = tokio::sync::mpsc::unbounded_channel::<usize>();
-    let relay = if let Some((events_conn, events_ch)) = events_ch {
+    let relay = if let Some(mut link) = events_link {
         let exchange = names.events.clone();
         Some(tokio::spawn(async move {
             let event = order_created_body();
@@ -171,9 +177,9 @@ async fn broker_ceiling(prefix: &str, n: usize, events: bool) -> Measured {
                 while let Ok(more) = events_due.try_recv() {
                     count += more;
                 }
-                publish_events(&events_ch, &exchange, &event, count).await;
+                publish_events(&mut link, &exchange, &event, count).await;
             }
-            drop(events_conn);
+            link.close().await;
         }))
     } else {
         None
@@ -229,7 +235,7 @@ fn order_created_body() -> Vec<u8> {
         .into_bytes()
 }
 
-async fn publish_events(ch: &Channel, exchange: &str, body: &[u8], count: usize) {
+async fn publish_events(link: &mut ConfirmLink, exchange: &str, body: &[u8], count: usize) {
     let ids: Vec<String> = (0..count)
         .map(|_| uuid::Uuid::new_v4().to_string())
         .collect();
@@ -243,10 +249,8 @@ async fn publish_events(ch: &Channel, exchange: &str, body: &[u8], count: usize)
                 .with_message_id(id.as_str().into())
                 .with_type("order.created".into()),
         })
-        .collect();
-    let acked = publisher::publish_all(ch, messages)
-        .await
-        .expect("publish events");
+        .collect::<Vec<_>>();
+    let acked = link.publish_all(&messages).await.expect("publish events");
     assert!(acked.iter().all(|ok| *ok), "broker nacked an event");
 }
 

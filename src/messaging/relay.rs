@@ -14,12 +14,12 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use lapin::types::ShortString;
-use lapin::Channel;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::publisher::{self, Outgoing, PublishError};
+use super::confirm_link::{ConfirmLink, LinkError};
+use super::publisher::{self, Outgoing};
 use crate::store::{outbox, StoreError};
 
 /// Events published (and confirmed) at a time within a pass.
@@ -32,12 +32,12 @@ const COALESCE: Duration = Duration::from_millis(10);
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
     #[error(transparent)]
-    Publish(#[from] PublishError),
+    Link(#[from] LinkError),
 }
 
 pub async fn run(
     pool: PgPool,
-    channel: Channel,
+    mut link: ConfirmLink,
     exchange: String,
     wake: Arc<Notify>,
     shutdown: CancellationToken,
@@ -47,7 +47,7 @@ pub async fn run(
     reclaim(&pool).await;
     let mut last_slot = None;
     loop {
-        match relay_once(&pool, &channel, &exchange).await {
+        match relay_once(&pool, &mut link, &exchange).await {
             Ok(round) => {
                 if let Some(slot) = round.last_id.map(outbox::slot_of) {
                     if last_slot.is_some_and(|last| last != slot) {
@@ -59,8 +59,10 @@ pub async fn run(
             Err(RelayOnceError::Store(e)) => {
                 tracing::warn!(error = %e, "outbox relay: database unavailable")
             }
-            Err(RelayOnceError::Publish(e)) => return Err(e.into()),
+            Err(RelayOnceError::Link(e)) => return Err(e.into()),
         }
+        // Passes come at least every POLL: often enough for heartbeats.
+        link.keep_alive().await?;
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = wake.notified() => {
@@ -77,7 +79,8 @@ pub async fn run(
         }
     }
     // Drain what the last batches committed before we stop.
-    let _ = relay_once(&pool, &channel, &exchange).await;
+    let _ = relay_once(&pool, &mut link, &exchange).await;
+    link.close().await;
     Ok(())
 }
 
@@ -86,7 +89,7 @@ pub enum RelayOnceError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Publish(#[from] PublishError),
+    Link(#[from] LinkError),
 }
 
 impl From<sqlx::Error> for RelayOnceError {
@@ -117,7 +120,7 @@ pub struct Round {
 /// a crash republishes at most the chunk in flight.
 pub async fn relay_once(
     pool: &PgPool,
-    channel: &Channel,
+    link: &mut ConfirmLink,
     exchange: &str,
 ) -> Result<Round, RelayOnceError> {
     let mut tx = pool.begin().await?;
@@ -133,7 +136,7 @@ pub async fn relay_once(
             let end = next.is_none();
             chunk.extend(next);
             if chunk.len() == CHUNK || (end && !chunk.is_empty()) {
-                if !publish_chunk(channel, exchange, &chunk).await? {
+                if !publish_chunk(link, exchange, &chunk).await? {
                     // The pass stops at its last recorded progress: this
                     // chunk, confirmed or not, is published again next time.
                     metrics::counter!("payrecon_events_nacked_total").increment(1);
@@ -169,10 +172,10 @@ pub async fn relay_once(
 
 /// Publishes events with confirms; false if the broker nacked any.
 async fn publish_chunk(
-    channel: &Channel,
+    link: &mut ConfirmLink,
     exchange: &str,
     events: &[outbox::PendingEvent],
-) -> Result<bool, PublishError> {
+) -> Result<bool, LinkError> {
     let messages = events
         .iter()
         .map(|r| Outgoing {
@@ -183,7 +186,7 @@ async fn publish_chunk(
                 .with_message_id(ShortString::from(r.event_id.to_string()))
                 .with_type(ShortString::from(r.routing_key.as_str())),
         })
-        .collect();
-    let acked = publisher::publish_all(channel, messages).await?;
+        .collect::<Vec<_>>();
+    let acked = link.publish_all(&messages).await?;
     Ok(acked.iter().all(|ok| *ok))
 }

@@ -15,6 +15,7 @@ use sqlx::PgPool;
 use tokio::sync::{Notify, RwLock};
 use tokio_util::sync::CancellationToken;
 
+use super::confirm_link::{ConfirmLink, LinkError};
 use super::consumer::{self, ConsumerSpec};
 use super::notification_processor::NotificationProcessor;
 use super::relay;
@@ -121,6 +122,8 @@ enum SessionError {
     Consumer(#[from] consumer::ConsumerError),
     #[error("relay: {0}")]
     Relay(#[from] relay::RelayError),
+    #[error("events link: {0}")]
+    Link(#[from] LinkError),
 }
 
 async fn confirm_channel(conn: &Connection) -> Result<Channel, lapin::Error> {
@@ -161,6 +164,13 @@ async fn session(shared: &Shared<'_>, established: &mut bool) -> Result<(), Sess
     let conn = Connection::connect(amqp.url.expose(), props).await?;
     topology::declare(&conn.create_channel().await?, names).await?;
     let publisher = confirm_channel(&conn).await?;
+    // Events go out on a link of their own (see confirm_link), named apart
+    // from the consuming connection.
+    let link = ConfirmLink::connect(
+        amqp.url.expose(),
+        &format!("payrecon-{}-events", amqp.prefix),
+    )
+    .await?;
     let spec = |queue: &str| ConsumerSpec {
         queue: queue.to_string(),
         dlx: names.dlx.clone(),
@@ -188,7 +198,7 @@ async fn session(shared: &Shared<'_>, established: &mut bool) -> Result<(), Sess
     let relay_done = CancellationToken::new();
     let relay = relay::run(
         pool.clone(),
-        publisher.clone(),
+        link,
         names.events.clone(),
         wake.clone(),
         relay_done.clone(),

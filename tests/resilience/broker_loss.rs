@@ -9,8 +9,8 @@ use tokio::time::Instant;
 use crate::common::{Broker, TestEnv};
 use crate::proxy::Proxy;
 use crate::support::{
-    assert_each_once, close_daemon_connection, daemon_connection_pids, place_orders, wait_readyz,
-    ReadinessWatch,
+    assert_each_once, close_connection_named, close_daemon_connection, connection_pids,
+    daemon_connection_pids, place_orders, wait_readyz, ReadinessWatch,
 };
 
 /// The broker closes the daemon's connection twice in a row (as a broker
@@ -41,6 +41,36 @@ async fn broker_connection_loss_reconnects_and_loses_nothing() {
     assert_each_once(&env, &mut broker, &ids, false).await;
     // The old connections are gone, not leaked beside the new one.
     assert_eq!(daemon_connection_pids(&env.name).await.len(), 1);
+    daemon.stop().await;
+}
+
+/// The broker closes the daemon's events link (its publishing connection)
+/// while orders are placed: the session is rebuilt, every order is placed
+/// once and every order.created still goes out (a chunk in flight may go
+/// out twice, with its event_id).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_link_loss_reconnects_and_loses_no_event() {
+    let env = TestEnv::new("rlink");
+    let mut broker = Broker::connect(&env).await;
+    let daemon = Daemon::start(env.settings.clone())
+        .await
+        .expect("daemon starts");
+    let base = format!("http://{}", daemon.http_addr);
+    wait_readyz(&base, 200, 20).await;
+    let link = format!("payrecon-{}-events", env.name);
+    let mut ids = place_orders(&broker, "before", 0..20, Duration::ZERO).await;
+    let watch = ReadinessWatch::start(base.clone());
+    let name = link.clone();
+    let closer = tokio::spawn(async move { close_connection_named(&name).await });
+    ids.extend(place_orders(&broker, "during", 0..40, Duration::from_millis(25)).await);
+    closer.await.expect("closer");
+    watch.wait_unready(15).await;
+    wait_readyz(&base, 200, 30).await;
+    assert!(watch.finish().await);
+    ids.extend(place_orders(&broker, "after", 0..20, Duration::ZERO).await);
+    assert_each_once(&env, &mut broker, &ids, false).await;
+    // One link again, not a leaked old one beside the new.
+    assert_eq!(connection_pids(&link).await.len(), 1);
     daemon.stop().await;
 }
 

@@ -31,15 +31,20 @@ pub async fn run_cmd(program: &str, args: &[&str]) -> String {
 }
 
 /// The broker-side pids of the connections the daemon of `prefix` opened
-/// (the supervisor names them `payrecon-<prefix>`).
+/// to consume (the supervisor names them `payrecon-<prefix>`).
 pub async fn daemon_connection_pids(prefix: &str) -> Vec<String> {
+    connection_pids(&format!("payrecon-{prefix}")).await
+}
+
+/// The broker-side pids of the connections named exactly `name`.
+pub async fn connection_pids(name: &str) -> Vec<String> {
     let listing = run_cmd(
         "rabbitmqctl",
         &["-q", "list_connections", "pid", "client_properties"],
     )
     .await;
-    let needle = format!("\"payrecon-{prefix}\"");
-    let needle_erl = format!("<<\"payrecon-{prefix}\">>");
+    let needle = format!("\"{name}\"");
+    let needle_erl = format!("<<\"{name}\">>");
     listing
         .lines()
         .filter(|l| l.contains(&needle) || l.contains(&needle_erl))
@@ -47,18 +52,25 @@ pub async fn daemon_connection_pids(prefix: &str) -> Vec<String> {
         .collect()
 }
 
-/// Waits until the daemon of `prefix` has exactly one broker connection and
-/// closes it from the server side, as a broker restart or a network cut would.
+/// Waits until the daemon of `prefix` has exactly one consuming connection
+/// and closes it from the server side, as a broker restart or a network cut
+/// would.
 pub async fn close_daemon_connection(prefix: &str) {
+    close_connection_named(&format!("payrecon-{prefix}")).await
+}
+
+/// Waits until exactly one connection is named `name` and closes it from the
+/// server side.
+pub async fn close_connection_named(name: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     let pid = loop {
-        let pids = daemon_connection_pids(prefix).await;
+        let pids = connection_pids(name).await;
         if let [pid] = pids.as_slice() {
             break pid.clone();
         }
         assert!(
             Instant::now() < deadline,
-            "no single connection named payrecon-{prefix}: {pids:?}"
+            "no single connection named {name}: {pids:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
