@@ -13,9 +13,9 @@
 
 use std::time::Duration;
 
-use amq_protocol::frame::{gen_frame, AMQPContentHeader, AMQPFrame, ProtocolVersion};
-use amq_protocol::protocol::{basic, channel, confirm, connection, AMQPClass};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use amq_protocol::frame::{gen_frame, AMQPContentHeader, AMQPFrame};
+use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
+use lapin::types::ShortString;
 use lapin::uri::{AMQPScheme, AMQPUri};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -24,7 +24,10 @@ use tokio::time::Instant;
 use super::publisher::Outgoing;
 
 mod frames;
+mod handshake;
+mod window;
 use frames::{Incoming, Reader};
+use window::Window;
 
 /// How long the broker may stay silent while confirms are awaited (unless it
 /// said it blocks publishers) before the link is given up as dead.
@@ -96,76 +99,6 @@ impl ConfirmLink {
             .await
             .map_err(|_| LinkError::Timeout(HANDSHAKE_TIMEOUT))??;
         Ok(link)
-    }
-
-    async fn handshake(&mut self, uri: &AMQPUri, name: &str) -> Result<(), LinkError> {
-        self.push(&AMQPFrame::ProtocolHeader(ProtocolVersion::amqp_0_9_1()))?;
-        self.flush().await?;
-        self.expect(0, |c| {
-            matches!(c, AMQPClass::Connection(connection::AMQPMethod::Start(_)))
-        })
-        .await?;
-        let user = &uri.authority.userinfo;
-        let start_ok = connection::StartOk {
-            client_properties: client_properties(name),
-            mechanism: "PLAIN".into(),
-            response: format!("\0{}\0{}", user.username, user.password).into(),
-            locale: "en_US".into(),
-        };
-        self.method(
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::StartOk(start_ok)),
-        )?;
-        self.flush().await?;
-        let tune = match self.next_frame(HANDSHAKE_TIMEOUT).await? {
-            Incoming::Method(0, AMQPClass::Connection(connection::AMQPMethod::Tune(t))) => t,
-            other => {
-                return Err(LinkError::Protocol(format!(
-                    "expected connection.tune, got {other:?}"
-                )))
-            }
-        };
-        self.frame_max = negotiate(tune.frame_max, FRAME_MAX).max(4096);
-        let heartbeat = uri.query.heartbeat.unwrap_or(tune.heartbeat);
-        self.heartbeat = (heartbeat > 0).then(|| Duration::from_secs(heartbeat.into()));
-        let tune_ok = connection::TuneOk {
-            channel_max: negotiate(tune.channel_max.into(), 1) as u16,
-            frame_max: self.frame_max,
-            heartbeat,
-        };
-        self.method(
-            0,
-            AMQPClass::Connection(connection::AMQPMethod::TuneOk(tune_ok)),
-        )?;
-        let open = connection::Open {
-            virtual_host: uri.vhost.as_str().into(),
-        };
-        self.method(0, AMQPClass::Connection(connection::AMQPMethod::Open(open)))?;
-        self.flush().await?;
-        self.expect(0, |c| {
-            matches!(c, AMQPClass::Connection(connection::AMQPMethod::OpenOk(_)))
-        })
-        .await?;
-        self.method(
-            CHANNEL,
-            AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
-        )?;
-        self.flush().await?;
-        self.expect(CHANNEL, |c| {
-            matches!(c, AMQPClass::Channel(channel::AMQPMethod::OpenOk(_)))
-        })
-        .await?;
-        let select = confirm::Select { nowait: false };
-        self.method(
-            CHANNEL,
-            AMQPClass::Confirm(confirm::AMQPMethod::Select(select)),
-        )?;
-        self.flush().await?;
-        self.expect(CHANNEL, |c| {
-            matches!(c, AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(_)))
-        })
-        .await?;
-        Ok(())
     }
 
     /// Publishes every message with one write and waits until the broker
@@ -377,93 +310,11 @@ impl ConfirmLink {
     }
 }
 
-/// The lower of two limits where 0 means "none".
-fn negotiate(theirs: u32, ours: u32) -> u32 {
-    match (theirs, ours) {
-        (0, x) | (x, 0) => x,
-        (a, b) => a.min(b),
-    }
-}
-
 fn short(s: &str) -> Result<ShortString, LinkError> {
     if s.len() > 255 {
         return Err(LinkError::Protocol(format!("name over 255 bytes: {s}")));
     }
     Ok(s.into())
-}
-
-fn client_properties(name: &str) -> FieldTable {
-    let mut capabilities = FieldTable::default();
-    // authentication_failure_close: a wrong password is a close with its
-    // reason, not a bare EOF.
-    for c in [
-        "publisher_confirms",
-        "connection.blocked",
-        "basic.nack",
-        "authentication_failure_close",
-    ] {
-        capabilities.insert(c.into(), AMQPValue::Boolean(true));
-    }
-    let mut props = FieldTable::default();
-    props.insert(
-        "product".into(),
-        AMQPValue::LongString(LongString::from("payrecon")),
-    );
-    props.insert(
-        "connection_name".into(),
-        AMQPValue::LongString(LongString::from(name)),
-    );
-    props.insert("capabilities".into(), AMQPValue::FieldTable(capabilities));
-    props
-}
-
-/// The confirms a window of publishes is waiting for.
-struct Window {
-    first: u64,
-    outcomes: Vec<Option<bool>>,
-    /// Every tag below `first + done` is settled.
-    done: usize,
-}
-
-impl Window {
-    fn new(first: u64, len: usize) -> Window {
-        Window {
-            first,
-            outcomes: vec![None; len],
-            done: 0,
-        }
-    }
-
-    /// Applies the broker's ack or nack of `tag` (and, with `multiple`, of
-    /// every tag up to it not settled yet). Tags outside the window are
-    /// ignored: the broker confirms each tag once.
-    fn settle(&mut self, tag: u64, multiple: bool, acked: bool) {
-        let Some(index) = tag.checked_sub(self.first).map(|i| i as usize) else {
-            return;
-        };
-        if index >= self.outcomes.len() {
-            return;
-        }
-        let from = if multiple {
-            self.done.min(index)
-        } else {
-            index
-        };
-        for slot in &mut self.outcomes[from..=index] {
-            slot.get_or_insert(acked);
-        }
-        while self.outcomes.get(self.done).is_some_and(Option::is_some) {
-            self.done += 1;
-        }
-    }
-
-    fn settled(&self) -> bool {
-        self.done == self.outcomes.len()
-    }
-
-    fn into_outcomes(self) -> Vec<bool> {
-        self.outcomes.into_iter().map(|o| o == Some(true)).collect()
-    }
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
 use super::frames::{put_body, Incoming, Reader};
+use super::handshake::negotiate;
 use super::*;
 
 #[test]
