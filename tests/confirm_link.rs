@@ -6,9 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Broker, TestEnv, AMQP};
+use common::{consume_no_ack, Broker, TestEnv, AMQP};
 use futures::StreamExt;
-use lapin::options::{BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::BasicProperties;
 use payrecon::messaging::confirm_link::{ConfirmLink, LinkError};
@@ -82,19 +82,7 @@ async fn publishes_each_message_byte_for_byte_in_order_and_confirms_it() {
         let acked = link.publish_all(&messages).await.expect("publish");
         assert_eq!(acked, vec![true; window.len()]);
     }
-    let mut copies = broker
-        .channel
-        .basic_consume(
-            queue.as_str().into(),
-            "copy".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume");
+    let mut copies = consume_no_ack(&broker.channel, &queue).await;
     for (i, body) in bodies.iter().enumerate() {
         let d = tokio::time::timeout(Duration::from_secs(10), copies.next())
             .await

@@ -120,6 +120,23 @@ async fn cleanup_once(name: &str) {
     }
 }
 
+/// Deliveries of `queue`, taken without acks (the test only reads them).
+pub async fn consume_no_ack(channel: &Channel, queue: &str) -> lapin::Consumer {
+    channel
+        .basic_consume(
+            queue.into(),
+            // Named after the queue: unique on the channel.
+            queue.into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume")
+}
+
 /// A broker client for the test side: publishes requests, taps events.
 pub struct Broker {
     pub conn: Connection,
@@ -165,18 +182,7 @@ impl Broker {
             )
             .await
             .expect("bind");
-        let events = channel
-            .basic_consume(
-                tap.as_str().into(),
-                "tap".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .expect("consume");
+        let events = consume_no_ack(&channel, &tap).await;
         Broker {
             conn,
             channel,

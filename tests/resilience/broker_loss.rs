@@ -10,7 +10,7 @@ use crate::common::{Broker, TestEnv};
 use crate::proxy::Proxy;
 use crate::support::{
     assert_each_once, close_connection_named, close_daemon_connection, connection_pids,
-    daemon_connection_pids, place_orders, wait_readyz, ReadinessWatch,
+    daemon_connection_pids, place_orders, ready_daemon, wait_readyz, ReadinessWatch,
 };
 
 /// The broker closes the daemon's connection twice in a row (as a broker
@@ -19,11 +19,7 @@ use crate::support::{
 async fn broker_connection_loss_reconnects_and_loses_nothing() {
     let env = TestEnv::new("rbroker");
     let mut broker = Broker::connect(&env).await;
-    let daemon = Daemon::start(env.settings.clone())
-        .await
-        .expect("daemon starts");
-    let base = format!("http://{}", daemon.http_addr);
-    wait_readyz(&base, 200, 20).await;
+    let (daemon, base) = ready_daemon(&env).await;
     let mut ids = place_orders(&broker, "before", 0..20, Duration::ZERO).await;
     for round in 0..2 {
         let watch = ReadinessWatch::start(base.clone());
@@ -52,11 +48,7 @@ async fn broker_connection_loss_reconnects_and_loses_nothing() {
 async fn events_link_loss_reconnects_and_loses_no_event() {
     let env = TestEnv::new("rlink");
     let mut broker = Broker::connect(&env).await;
-    let daemon = Daemon::start(env.settings.clone())
-        .await
-        .expect("daemon starts");
-    let base = format!("http://{}", daemon.http_addr);
-    wait_readyz(&base, 200, 20).await;
+    let (daemon, base) = ready_daemon(&env).await;
     let link = format!("payrecon-{}-events", env.name);
     let mut ids = place_orders(&broker, "before", 0..20, Duration::ZERO).await;
     let watch = ReadinessWatch::start(base.clone());
@@ -138,10 +130,7 @@ async fn queue_exists(broker: &Broker, queue: &str) -> bool {
 async fn deleted_requests_queue_is_redeclared_and_consumed() {
     let env = TestEnv::new("rbrdel");
     let mut broker = Broker::connect(&env).await;
-    let daemon = Daemon::start(env.settings.clone())
-        .await
-        .expect("daemon starts");
-    wait_readyz(&format!("http://{}", daemon.http_addr), 200, 20).await;
+    let (daemon, _) = ready_daemon(&env).await;
     let mut ids = place_orders(&broker, "before", 0..10, Duration::ZERO).await;
     let orders = {
         let pool = sqlx::PgPool::connect(env.settings.database.url.expose())

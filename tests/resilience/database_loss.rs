@@ -4,8 +4,8 @@ use payrecon::app::Daemon;
 
 use crate::common::{Broker, TestEnv};
 use crate::support::{
-    allow_connections, assert_each_once, pg_admin, place_orders, terminate_backends, wait_readyz,
-    ReadinessWatch,
+    allow_connections, assert_each_once, pg_admin, place_orders, ready_daemon, terminate_backends,
+    wait_readyz, ReadinessWatch,
 };
 
 /// Every session of the daemon's database is killed again and again while
@@ -15,10 +15,7 @@ use crate::support::{
 async fn database_sessions_killed_midstream_lose_nothing() {
     let env = TestEnv::new("rdbkill");
     let mut broker = Broker::connect(&env).await;
-    let daemon = Daemon::start(env.settings.clone())
-        .await
-        .expect("daemon starts");
-    wait_readyz(&format!("http://{}", daemon.http_addr), 200, 20).await;
+    let (daemon, _) = ready_daemon(&env).await;
     let admin = pg_admin().await;
     let db = env.name.clone();
     let killer = tokio::spawn(async move {
@@ -43,11 +40,7 @@ async fn database_sessions_killed_midstream_lose_nothing() {
 async fn database_refusing_connections_is_unready_then_recovers() {
     let env = TestEnv::new("rdbdown");
     let mut broker = Broker::connect(&env).await;
-    let daemon = Daemon::start(env.settings.clone())
-        .await
-        .expect("daemon starts");
-    let base = format!("http://{}", daemon.http_addr);
-    wait_readyz(&base, 200, 20).await;
+    let (daemon, base) = ready_daemon(&env).await;
     let mut ids = place_orders(&broker, "pre", 0..10, Duration::ZERO).await;
     let admin = pg_admin().await;
     allow_connections(&admin, &env.name, false).await;

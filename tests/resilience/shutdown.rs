@@ -6,7 +6,7 @@ use tokio::time::Instant;
 use crate::common::{Broker, TestEnv};
 use crate::support::{
     allow_connections, assert_each_once, daemon_connection_pids, pg_admin, place_orders,
-    queue_depth, terminate_backends, wait_readyz,
+    queue_depth, ready_daemon, terminate_backends, wait_readyz,
 };
 
 pub async fn count(pool: &sqlx::PgPool, sql: &str) -> i64 {
@@ -21,10 +21,7 @@ async fn stop_mid_burst_then_restart_processes_each_request_once() {
     const N: usize = 400;
     let env = TestEnv::new("rstop");
     let mut broker = Broker::connect(&env).await;
-    let first = Daemon::start(env.settings.clone())
-        .await
-        .expect("daemon starts");
-    wait_readyz(&format!("http://{}", first.http_addr), 200, 20).await;
+    let (first, _) = ready_daemon(&env).await;
     let mut ids = place_orders(&broker, "burst", 0..N / 2, Duration::ZERO).await;
     let pool = sqlx::PgPool::connect(env.settings.database.url.expose())
         .await

@@ -13,6 +13,8 @@ use serde_json::Value;
 use sqlx::PgPool;
 use tokio::time::Instant;
 
+use payrecon::app::Daemon;
+
 use crate::common::{place_data, Broker, TestEnv, PG_ADMIN};
 
 /// Runs a shell-free command and returns its stdout; panics with stderr on failure.
@@ -79,6 +81,17 @@ pub async fn close_connection_named(name: &str) {
         &["-q", "close_connection", &pid, "resilience test"],
     )
     .await;
+}
+
+/// A daemon started on `env`'s settings and answering `/readyz`, and the
+/// base URL of its HTTP endpoints.
+pub async fn ready_daemon(env: &TestEnv) -> (Daemon, String) {
+    let daemon = Daemon::start(env.settings.clone())
+        .await
+        .expect("daemon starts");
+    let base = format!("http://{}", daemon.http_addr);
+    wait_readyz(&base, 200, 20).await;
+    (daemon, base)
 }
 
 /// A connection to the `postgres` database, from which the test's own
