@@ -9,8 +9,8 @@ use tokio::time::Instant;
 use crate::common::{Broker, TestEnv};
 use crate::proxy::Proxy;
 use crate::support::{
-    assert_each_once, close_connection_named, close_daemon_connection, connection_pids,
-    daemon_connection_pids, place_orders, ready_daemon, wait_readyz, ReadinessWatch,
+    assert_each_once, close_connection_named, connection_pids, daemon_connection_pids,
+    place_orders, ready_daemon, wait_readyz, ReadinessWatch,
 };
 
 /// The broker closes the daemon's connection twice in a row (as a broker
@@ -22,16 +22,8 @@ async fn broker_connection_loss_reconnects_and_loses_nothing() {
     let (daemon, base) = ready_daemon(&env).await;
     let mut ids = place_orders(&broker, "before", 0..20, Duration::ZERO).await;
     for round in 0..2 {
-        let watch = ReadinessWatch::start(base.clone());
-        let prefix = env.name.clone();
-        let closer = tokio::spawn(async move { close_daemon_connection(&prefix).await });
-        // rabbitmqctl takes a while to start: these straddle the close.
-        let tag = format!("during{round}");
-        ids.extend(place_orders(&broker, &tag, 0..40, Duration::from_millis(25)).await);
-        closer.await.expect("closer");
-        watch.wait_unready(15).await;
-        wait_readyz(&base, 200, 30).await;
-        assert!(watch.finish().await);
+        let name = format!("payrecon-{}", env.name);
+        ids.extend(close_under_load(&broker, &base, name, &format!("during{round}")).await);
     }
     ids.extend(place_orders(&broker, "after", 0..20, Duration::ZERO).await);
     assert_each_once(&env, &mut broker, &ids, false).await;
@@ -51,19 +43,27 @@ async fn events_link_loss_reconnects_and_loses_no_event() {
     let (daemon, base) = ready_daemon(&env).await;
     let link = format!("payrecon-{}-events", env.name);
     let mut ids = place_orders(&broker, "before", 0..20, Duration::ZERO).await;
-    let watch = ReadinessWatch::start(base.clone());
-    let name = link.clone();
-    let closer = tokio::spawn(async move { close_connection_named(&name).await });
-    ids.extend(place_orders(&broker, "during", 0..40, Duration::from_millis(25)).await);
-    closer.await.expect("closer");
-    watch.wait_unready(15).await;
-    wait_readyz(&base, 200, 30).await;
-    assert!(watch.finish().await);
+    ids.extend(close_under_load(&broker, &base, link.clone(), "during").await);
     ids.extend(place_orders(&broker, "after", 0..20, Duration::ZERO).await);
     assert_each_once(&env, &mut broker, &ids, false).await;
     // One link again, not a leaked old one beside the new.
     assert_eq!(connection_pids(&link).await.len(), 1);
     daemon.stop().await;
+}
+
+/// Closes the connection named `name` from the broker's side while 40
+/// orders (`tag`) arrive, and waits for the daemon to go unready and come
+/// back. The orders' request ids.
+async fn close_under_load(broker: &Broker, base: &str, name: String, tag: &str) -> Vec<String> {
+    let watch = ReadinessWatch::start(base.to_string());
+    let closer = tokio::spawn(async move { close_connection_named(&name).await });
+    // rabbitmqctl takes a while to start: these straddle the close.
+    let ids = place_orders(broker, tag, 0..40, Duration::from_millis(25)).await;
+    closer.await.expect("closer");
+    watch.wait_unready(15).await;
+    wait_readyz(base, 200, 30).await;
+    assert!(watch.finish().await);
+    ids
 }
 
 /// The network between the daemon and the broker goes away for a while

@@ -54,15 +54,8 @@ pub async fn connection_pids(name: &str) -> Vec<String> {
         .collect()
 }
 
-/// Waits until the daemon of `prefix` has exactly one consuming connection
-/// and closes it from the server side, as a broker restart or a network cut
-/// would.
-pub async fn close_daemon_connection(prefix: &str) {
-    close_connection_named(&format!("payrecon-{prefix}")).await
-}
-
 /// Waits until exactly one connection is named `name` and closes it from the
-/// server side.
+/// server side, as a broker restart or a network cut would.
 pub async fn close_connection_named(name: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     let pid = loop {
