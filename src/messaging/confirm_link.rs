@@ -5,7 +5,7 @@
 //! daemon about 19 µs of CPU per event, as much as consuming and acking a
 //! request. Here a window of events is framed into one buffer, written with
 //! one call, and its confirms are read on the same task: no thread hand-off
-//! and no allocation per message beyond the frame bytes. Consuming, acks and
+//! and no promise per message. Consuming, acks and
 //! the other publishes stay on lapin; this side speaks the little of AMQP
 //! 0-9-1 a confirming publisher needs (handshake, one channel,
 //! `confirm.select`, `basic.publish`, `basic.ack`/`nack`, heartbeats, the
@@ -34,7 +34,7 @@ use window::Window;
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const CHANNEL: u16 = 1;
-/// Our side of the frame size negotiation: lapin's default.
+/// Our side of the frame size negotiation (RabbitMQ's default too).
 const FRAME_MAX: u32 = 128 * 1024;
 
 #[derive(Debug, thiserror::Error)]
@@ -106,8 +106,13 @@ impl ConfirmLink {
     /// messages' order.
     pub async fn publish_all(&mut self, messages: &[Outgoing<'_>]) -> Result<Vec<bool>, LinkError> {
         let first = self.next_tag;
+        let framed = self.out.len();
         for m in messages {
-            self.push_publish(m)?;
+            if let Err(e) = self.push_publish(m) {
+                // Nothing of the window goes out: the tags stay in step.
+                self.out.truncate(framed);
+                return Err(e);
+            }
         }
         self.next_tag += messages.len() as u64;
         self.flush().await?;
