@@ -249,8 +249,8 @@ async fn publish_events(link: &mut ConfirmLink, exchange: &str, body: &[u8], cou
                 .with_message_id(id.as_str().into())
                 .with_type("order.created".into()),
         })
-        .collect::<Vec<_>>();
-    let acked = link.publish_all(&messages).await.expect("publish events");
+        .collect();
+    let acked = link.publish_all(messages).await.expect("publish events");
     assert!(acked.iter().all(|ok| *ok), "broker nacked an event");
 }
 

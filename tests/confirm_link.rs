@@ -79,7 +79,7 @@ async fn publishes_each_message_byte_for_byte_in_order_and_confirms_it() {
             .iter()
             .map(|&i| event(&exchange, "copy.created", &bodies[i], &ids[i]))
             .collect();
-        let acked = link.publish_all(&messages).await.expect("publish");
+        let acked = link.publish_all(messages).await.expect("publish");
         assert_eq!(acked, vec![true; window.len()]);
     }
     let mut copies = consume_no_ack(&broker.channel, &queue).await;
@@ -128,7 +128,7 @@ async fn nacks_go_to_the_messages_the_broker_refused() {
             .enumerate()
             .map(|(i, k)| event(&exchange, k, b"{}", &format!("{round}-{i}")))
             .collect();
-        let acked = link.publish_all(&messages).await.expect("publish");
+        let acked = link.publish_all(messages).await.expect("publish");
         assert_eq!(
             acked,
             vec![true, false, true, false, false, true],
@@ -144,7 +144,7 @@ async fn a_missing_exchange_is_the_channel_closed_with_404() {
     let mut link = link(&env).await;
     let nowhere = format!("{}.nowhere", env.name);
     let err = link
-        .publish_all(&[event(&nowhere, "k", b"{}", "1")])
+        .publish_all(vec![event(&nowhere, "k", b"{}", "1")])
         .await
         .expect_err("no such exchange");
     assert!(
@@ -198,13 +198,13 @@ async fn heartbeats_keep_an_idle_link_open_and_silence_loses_it() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let ok = kept
-        .publish_all(&[event(&exchange, "k", b"{}", "1")])
+        .publish_all(vec![event(&exchange, "k", b"{}", "1")])
         .await
         .expect("the kept link still publishes");
     assert_eq!(ok, vec![true]);
     assert!(
         silent
-            .publish_all(&[event(&exchange, "k", b"{}", "2")])
+            .publish_all(vec![event(&exchange, "k", b"{}", "2")])
             .await
             .is_err(),
         "the broker kept a link that sent no heartbeat for 5 s"
@@ -236,7 +236,7 @@ async fn headers_and_other_properties_go_out_whole() {
         properties: props.clone(),
     };
     assert_eq!(
-        link.publish_all(&[message]).await.expect("publish"),
+        link.publish_all(vec![message]).await.expect("publish"),
         vec![true]
     );
     let got = broker.get_from(&queue, 10).await.expect("the message");

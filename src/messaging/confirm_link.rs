@@ -103,9 +103,14 @@ impl ConfirmLink {
 
     /// Publishes every message with one write and waits until the broker
     /// confirmed each: true where it acked, false where it nacked, in the
-    /// messages' order.
-    pub async fn publish_all(&mut self, messages: &[Outgoing<'_>]) -> Result<Vec<bool>, LinkError> {
+    /// messages' order. Taken by value: each message's properties move into
+    /// its header frame instead of being copied.
+    pub async fn publish_all(
+        &mut self,
+        messages: Vec<Outgoing<'_>>,
+    ) -> Result<Vec<bool>, LinkError> {
         let first = self.next_tag;
+        let count = messages.len();
         let framed = self.out.len();
         for m in messages {
             if let Err(e) = self.push_publish(m) {
@@ -114,9 +119,9 @@ impl ConfirmLink {
                 return Err(e);
             }
         }
-        self.next_tag += messages.len() as u64;
+        self.next_tag += count as u64;
         self.flush().await?;
-        let mut window = Window::new(first, messages.len());
+        let mut window = Window::new(first, count);
         while !window.settled() {
             match self.next_frame(CONFIRM_TIMEOUT).await? {
                 Incoming::Method(CHANNEL, AMQPClass::Basic(basic::AMQPMethod::Ack(a))) => {
@@ -270,7 +275,7 @@ impl ConfirmLink {
         }
     }
 
-    fn push_publish(&mut self, m: &Outgoing<'_>) -> Result<(), LinkError> {
+    fn push_publish(&mut self, m: Outgoing<'_>) -> Result<(), LinkError> {
         let publish = basic::Publish {
             exchange: short(m.exchange)?,
             routing_key: short(m.routing_key)?,
@@ -284,7 +289,7 @@ impl ConfirmLink {
         let header = AMQPContentHeader {
             class_id: 60,
             body_size: m.body.len() as u64,
-            properties: m.properties.clone(),
+            properties: m.properties,
         };
         self.push(&AMQPFrame::Header(CHANNEL, header))?;
         // Body frames are written by hand: framing them through AMQPFrame

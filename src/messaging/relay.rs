@@ -186,7 +186,7 @@ async fn publish_chunk(
                 .with_message_id(ShortString::from(r.event_id.to_string()))
                 .with_type(ShortString::from(r.routing_key.as_str())),
         })
-        .collect::<Vec<_>>();
-    let acked = link.publish_all(&messages).await?;
+        .collect();
+    let acked = link.publish_all(messages).await?;
     Ok(acked.iter().all(|ok| *ok))
 }
