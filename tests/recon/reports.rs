@@ -214,6 +214,59 @@ async fn html_report_in_headless_chromium() {
             "{category}"
         );
     }
+    // At a glance: every category with its count, and a chart with one bar
+    // for the matched amount and one per category.
+    for (category, count) in [
+        ("amount_mismatch", 1),
+        ("missing_local", 1),
+        ("missing_gateway", 1),
+        ("status_mismatch", 3),
+        ("paid_after_cancel", 1),
+        ("refund_mismatch", 1),
+        ("duplicate", 1),
+    ] {
+        let id = format!("overview-{category}");
+        let start = dom.find(&format!("<tr id=\"{id}\"")).expect(&id);
+        let end = start + dom[start..].find("</tr>").unwrap();
+        assert!(
+            dom[start..end].contains(&format!("<td class=\"num\">{count}</td>")),
+            "{id}: {}",
+            &dom[start..end]
+        );
+    }
+    assert_eq!(dom.matches("<rect data-category=").count(), 8);
+    assert!(dom.contains("data-category=\"matched\""));
+    // Printed, it is A4 (595 × 842 points).
+    let pdf_path = dir.path().join("report.pdf");
+    let out = std::process::Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-pdf-header-footer",
+        ])
+        .arg(format!(
+            "--user-data-dir={}",
+            dir.path().join("profile-pdf").display()
+        ))
+        .arg(format!("--print-to-pdf={}", pdf_path.display()))
+        .arg(format!("file://{}", html_path.display()))
+        .output()
+        .expect("run chromium");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pdf = std::fs::read(&pdf_path).expect("the PDF");
+    let pdf = String::from_utf8_lossy(&pdf);
+    assert!(
+        pdf.contains("/MediaBox [0 0 594.95996 841.91998]")
+            || pdf.contains("/MediaBox [0 0 595 842]"),
+        "not A4: {:?}",
+        pdf.find("/MediaBox")
+            .map(|i| &pdf[i..(i + 40).min(pdf.len())])
+    );
     s.db.drop_db().await;
 }
 

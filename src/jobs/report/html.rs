@@ -1,6 +1,7 @@
-//! The page finance opens: self-contained (inline CSS, no scripts, no
-//! external resources), printable, the summary first, then the
-//! discrepancies grouped by category with amounts in yuan. Every value is
+//! The page finance opens: self-contained (inline CSS and SVG, no scripts,
+//! no external resources), printable on A4, the summary first, then each
+//! category at a glance with a chart, then the discrepancies grouped by
+//! category with amounts in yuan. Every value is
 //! HTML-escaped: bill content comes from outside.
 
 use std::fmt::Write;
@@ -24,7 +25,11 @@ table.summary th { background: #f2f2f2; font-weight: normal; }
 thead th { background: #e8e8e8; }
 .status-failed { color: #a00; font-weight: bold; }
 .none { color: #2a7a2a; }
-@media print { body { margin: 0.5cm; } h2 { page-break-after: avoid; } tr { page-break-inside: avoid; } }
+table.overview tr.zero td { color: #888; }
+figure.chart { margin: 1em 0; }
+figure.chart svg { max-width: 100%; height: auto; }
+@page { size: A4; margin: 1.2cm; }
+@media print { body { margin: 0; font-size: 10pt; } h2, h3 { page-break-after: avoid; } tr, figure { page-break-inside: avoid; } table.detail { font-size: 8.5pt; } }
 ";
 
 pub fn render_html(report: &Report) -> String {
@@ -102,6 +107,7 @@ pub fn render_html(report: &Report) -> String {
         }
         h.push_str("</table>\n");
     }
+    super::overview::render_overview(&mut h, report);
     h.push_str("<h2>Discrepancies</h2>\n<p class=\"note\">Amounts in yuan (¥). A status mismatch is repaired only after the gateway confirmed the payment; everything else is open for review.</p>\n");
     if report.discrepancies.is_empty() {
         h.push_str("<p class=\"none\">None: the bill and our records agree.</p>\n");

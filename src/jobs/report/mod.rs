@@ -5,6 +5,7 @@
 
 mod csv;
 mod html;
+mod overview;
 mod table;
 
 use serde_json::{json, Value};
@@ -14,6 +15,7 @@ use crate::messaging::contracts::rfc3339;
 
 pub use self::csv::render_csv;
 pub use html::render_html;
+pub use overview::{category_totals, CategoryTotal};
 pub use table::{render_runs_table, render_table, summary_lines};
 
 /// The report object of CONTRACT §6.
