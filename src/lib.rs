@@ -23,6 +23,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod domain;
 pub mod gateway;
 pub mod http;

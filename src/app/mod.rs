@@ -61,6 +61,9 @@ async fn dispatch(command: Command, settings: Settings) -> i32 {
         } => show_order(&settings, &order_id, json).await,
         Command::Recon { command } => wiring::recon_command(command, &settings).await,
         Command::GatewaySim { listen } => wiring::gateway_sim(&settings, listen).await,
+        Command::Demo { keep, out_dir } => {
+            crate::demo::run(&settings, crate::demo::DemoOptions { keep, out_dir }).await
+        }
     };
     match result {
         Ok(code) => code,

@@ -38,6 +38,19 @@ pub enum Command {
         #[command(subcommand)]
         command: ReconCommand,
     },
+    /// Watch the whole system work in under a minute, in a database and
+    /// broker prefix of its own (removed afterwards unless --keep).
+    #[command(
+        after_help = "Example:\n  payrecon demo            # prints the story and the report's path\n  payrecon demo --keep     # keep the demo's database and queues for a look"
+    )]
+    Demo {
+        /// Keep the demo's database and broker objects afterwards.
+        #[arg(long)]
+        keep: bool,
+        /// Where to write the reports and the bill (default .payrecon/demo/<name>).
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
     /// The gateway simulator alone.
     GatewaySim {
         /// Listen address (default: simulator.listen).

@@ -81,6 +81,12 @@ impl Drop for TestEnv {
     }
 }
 
+/// Removes the database and the broker objects named `name`, as a
+/// `TestEnv` does when dropped (for objects a test made by other means).
+pub async fn drop_prefix_and_database(name: &str) {
+    cleanup(name).await;
+}
+
 async fn cleanup(name: &str) {
     // Twice: a daemon dropped mid-test (a failed assertion) stops
     // asynchronously and may re-declare its topology once more first.
