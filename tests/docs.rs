@@ -363,3 +363,56 @@ fn the_report_example_has_the_fields_the_code_writes() {
         }
     }
 }
+
+fn repo_file(path: &str) -> String {
+    let full = format!("{}/{path}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{full}: {e}"))
+}
+
+/// An operator paged by an alert finds what to do in the README's table.
+#[test]
+fn every_alert_has_a_runbook_entry_in_the_readme() {
+    let rules = repo_file("config/prometheus-alerts.yml");
+    let readme = repo_file("README.md");
+    let alerts: Vec<&str> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert: "))
+        .map(str::trim)
+        .collect();
+    assert!(alerts.len() >= 10, "only {} alerts", alerts.len());
+    for alert in alerts {
+        assert!(
+            readme.contains(&format!("| `{alert}` |")),
+            "README has no runbook row for {alert}"
+        );
+    }
+}
+
+/// The dashboard and the rules use only metric names the README lists, so a
+/// renamed metric cannot leave a panel or an alert silently empty.
+#[test]
+fn config_metric_names_are_the_readme_ones() {
+    let readme = repo_file("README.md");
+    let dashboard = repo_file("config/grafana-dashboard.json");
+    serde_json::from_str::<Value>(&dashboard).expect("the dashboard is JSON");
+    let rules = repo_file("config/prometheus-alerts.yml");
+    let mut names = BTreeSet::new();
+    for text in [&dashboard, &rules] {
+        for (i, _) in text.match_indices("payrecon_") {
+            let name: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
+            // Histogram series carry a suffix the exporter adds.
+            let base = name.strip_suffix("_bucket").unwrap_or(&name).to_string();
+            names.insert(base);
+        }
+    }
+    assert!(names.len() >= 15, "{names:?}");
+    for name in names {
+        assert!(
+            readme.contains(&format!("`{name}")),
+            "{name} is used in config/ but not named in the README"
+        );
+    }
+}
