@@ -148,4 +148,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv)
+    try:
+        main(sys.argv)
+    except OSError as e:
+        sys.exit(f"amqp.py: {e}")

@@ -3,7 +3,8 @@
 # command that does not work. Every line of every ```sh block is either run
 # here, against a daemon this script starts, or named with the place that
 # exercises it instead; a line that is neither fails the script, so a new
-# README command forces a decision.
+# README command forces a decision. The ```sql blocks (runbook queries) run
+# against the daemon's database too.
 #
 #   scripts/readme-commands.sh          # run them (needs PostgreSQL, RabbitMQ, curl, psql)
 #   scripts/readme-commands.sh --list   # only say what would happen to each
@@ -161,4 +162,18 @@ for block in $(extract | cut -f1 | sort -un); do
   (cd "$WORK" && PATH="$WORK/bin:$PATH" bash -v -euo pipefail "$script")
 done
 
-log "done: $ran README commands ran, $skipped exercised elsewhere (scripts/readme-commands.sh --list)"
+# The runbook's ```sql blocks, against the daemon's schema: a renamed column
+# would otherwise leave an operator with a query that fails mid-incident.
+sql=0
+while IFS= read -r -d '' query; do
+  log "README sql block"
+  printf '%s\n' "$query"
+  psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -U postgres -d "$ID" -c "$query" >/dev/null
+  sql=$((sql + 1))
+done < <(awk '
+  /^```sql[[:space:]]*$/ { inside = 1; text = ""; next }
+  inside && /^```/ { inside = 0; printf "%s%c", text, 0; next }
+  inside { text = text $0 "\n" }
+' "$ROOT/README.md")
+
+log "done: $ran README commands ran, $sql sql blocks ran, $skipped commands exercised elsewhere (scripts/readme-commands.sh --list)"
