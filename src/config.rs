@@ -1,4 +1,4 @@
-//! Typed settings (CONTRACT §1). Layers, lowest first: built-in defaults, the
+//! Typed settings (docs/contract.md §1). Layers, lowest first: built-in defaults, the
 //! config file(s), `DATABASE_URL` / `AMQP_URL`, then `PAYRECON__SECTION__KEY`.
 //! Only `cli`/`app` call `Settings::load`; modules below receive their section.
 

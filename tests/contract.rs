@@ -1,4 +1,4 @@
-//! CONTRACT items that no other test pinned down: configuration layering from
+//! Contract (docs/contract.md) items that no other test pinned down: configuration layering from
 //! the environment, `recon.run` through the queue, bearer-token auth of
 //! `/orders` and `/recon`, the non-loopback guard, and `recon report
 //! --channel --date` / `recon list --limit` on the command line.

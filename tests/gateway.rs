@@ -96,7 +96,7 @@ pub(crate) fn wechat_vector_time() -> DateTime<Utc> {
     Utc.timestamp_opt(ts, 0).unwrap()
 }
 
-/// Headers as a queued notification carries them (CONTRACT §3.8 spelling).
+/// Headers as a queued notification carries them (docs/contract.md §3.8 spelling).
 pub(crate) fn wechat_notification(name: &str) -> (HashMap<String, String>, Vec<u8>) {
     let v = &vectors()["wechat"][name];
     let headers = v["headers"]

@@ -1,4 +1,4 @@
-//! Every bad input of CONTRACT §3's table gets exactly its outcome: invalid
+//! Every bad input of docs/contract.md §3's table gets exactly its outcome: invalid
 //! bodies are dead-lettered with `x-payrecon-error` (and `request.rejected`
 //! when a request id could be read); business-rule breaks are acknowledged
 //! with `request.rejected` and their reason code. The daemon keeps running.

@@ -1,4 +1,4 @@
-//! The gateway simulator (CONTRACT §5), tested over HTTP: its protocols with
+//! The gateway simulator (docs/contract.md §5), tested over HTTP: its protocols with
 //! hand-rolled clients, its crypto against independent vectors, and — when
 //! `PAYRECON_SDK_PYTHON` names a Python with the official SDKs — against
 //! `wechatpayv3` and `python-alipay-sdk` themselves.

@@ -58,7 +58,7 @@ async fn start_simulator(
         .context("simulator")
 }
 
-/// What runs `recon.run` requests (CONTRACT §3.7): the same reconciliation
+/// What runs `recon.run` requests (docs/contract.md §3.7): the same reconciliation
 /// as `payrecon recon run`, against this daemon's gateways.
 pub fn recon_runner(
     settings: &Settings,

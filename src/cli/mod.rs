@@ -1,4 +1,4 @@
-//! The command line of CONTRACT §1. Exit codes: 0 success, 1 could not run,
+//! The command line of docs/contract.md §1. Exit codes: 0 success, 1 could not run,
 //! 3 not found.
 
 pub mod recon;
@@ -64,7 +64,7 @@ pub enum OrderCommand {
     /// Show one order.
     Show {
         order_id: String,
-        /// The order object of CONTRACT §4 as JSON.
+        /// The order object of docs/contract.md §4 as JSON.
         #[arg(long)]
         json: bool,
     },

@@ -1,4 +1,4 @@
-//! `payrecon recon run|report|list` (CONTRACT §1). Exit codes: 0 done (a run
+//! `payrecon recon run|report|list` (docs/contract.md §1). Exit codes: 0 done (a run
 //! with discrepancies is done), 1 could not run, 3 not found.
 
 use std::io::{IsTerminal, Write};

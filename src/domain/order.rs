@@ -72,7 +72,7 @@ impl OrderStatus {
         }
     }
 
-    /// Statuses from which a refund may be requested (CONTRACT §3.6).
+    /// Statuses from which a refund may be requested (docs/contract.md §3.6).
     pub fn is_refundable(self) -> bool {
         matches!(
             self,

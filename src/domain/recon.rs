@@ -1,4 +1,4 @@
-//! Reconciliation without I/O (CONTRACT §6): the discrepancy categories, the
+//! Reconciliation without I/O (docs/contract.md §6): the discrepancy categories, the
 //! matching of a bill against our orders, and the summary figures. The bill
 //! streams through [`Matcher::observe`]; only the ids seen and the orders the
 //! bill mentions are kept, so memory follows the local side, not the bill.
@@ -290,7 +290,7 @@ pub fn div_round_half_up(a: i64, b: i64) -> i64 {
     ((2 * a + b) / (2 * b)) as i64
 }
 
-/// The summary figures exactly as CONTRACT §6 defines them. `paid`, `failed`
+/// The summary figures exactly as docs/contract.md §6 defines them. `paid`, `failed`
 /// and `pending` partition the orders: an order still `pending_payment`
 /// whose prepay failed for good counts as failed, not pending.
 pub fn summarize(

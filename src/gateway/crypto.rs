@@ -211,7 +211,7 @@ pub fn random_nonce(len: usize) -> String {
 mod tests {
     use super::*;
 
-    /// GATEWAYS.md A3's vector, computed with Python `cryptography` and
+    /// docs/gateways.md A3's vector, computed with Python `cryptography` and
     /// cross-checked with `wechatpayv3.utils.aes_decrypt`.
     const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
     const CIPHERTEXT: &str = "XB6AYUjndFbh+NAj34vT6jX9mbJcV0bdIxf2VusbB7eArrnvM1kld01s1LR+IT/ueVRLPXc5XQjYtdiQlWGCNWtt2WsOe+49F3r/m1P4mw4Rag==";

@@ -1,6 +1,6 @@
 //! Builds the enabled gateways from the settings. In `simulator` mode the
 //! adapters use the simulator's key files and ids and its address, ignoring
-//! their own `gateways.*` keys (CONTRACT §1); in `live` mode those keys.
+//! their own `gateways.*` keys (docs/contract.md §1); in `live` mode those keys.
 
 use std::collections::HashMap;
 use std::path::Path;

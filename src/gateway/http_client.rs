@@ -125,7 +125,7 @@ where
 }
 
 /// After any close answer other than a clean close, the query decides: the
-/// protocols do not reliably say "already paid" (GATEWAYS.md Part F), so the
+/// protocols do not reliably say "already paid" (docs/gateways.md Part F), so the
 /// trade's real state is the only trustworthy answer.
 pub(crate) fn settle_close(
     close_error: GatewayError,

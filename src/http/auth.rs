@@ -1,4 +1,4 @@
-//! Bearer-token protection of `/orders` and `/recon` (CONTRACT §5).
+//! Bearer-token protection of `/orders` and `/recon` (docs/contract.md §5).
 
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};

@@ -1,4 +1,4 @@
-//! The HTTP server (CONTRACT §5): health, readiness, metrics, the gateway
+//! The HTTP server (docs/contract.md §5): health, readiness, metrics, the gateway
 //! notification ingress, orders, and the reconciliation reports.
 
 mod auth;

@@ -1,4 +1,4 @@
-//! `GET /orders/{order_id}`: the order object of CONTRACT §4.
+//! `GET /orders/{order_id}`: the order object of docs/contract.md §4.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;

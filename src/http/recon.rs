@@ -1,4 +1,4 @@
-//! `GET /recon/runs` and `GET /recon/runs/{run_id}[.csv|.html]` (CONTRACT §5).
+//! `GET /recon/runs` and `GET /recon/runs/{run_id}[.csv|.html]` (docs/contract.md §5).
 //! Bearer-token auth is applied around this router by the caller.
 
 use axum::extract::{Path, Query, State};

@@ -1,4 +1,4 @@
-//! The wire JSON of CONTRACT §4 (events) — the only place event and order
+//! The wire JSON of docs/contract.md §4 (events) — the only place event and order
 //! field names are written. Requests (§3) are parsed in `requests.rs`.
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -53,7 +53,7 @@ impl Event {
     }
 }
 
-/// The envelope of every event on the wire (CONTRACT §4).
+/// The envelope of every event on the wire (docs/contract.md §4).
 #[derive(Serialize)]
 struct Wire<'a, D: Serialize> {
     event_id: &'a Uuid,
@@ -82,7 +82,7 @@ struct ItemJson<'a> {
     unit_price: i64,
 }
 
-/// The order object of CONTRACT §4. Fields in name order: the object is
+/// The order object of docs/contract.md §4. Fields in name order: the object is
 /// the same whether printed from this struct or from a `Value` (whose map
 /// sorts its keys).
 #[derive(Serialize)]
@@ -140,7 +140,7 @@ impl<'a> OrderJson<'a> {
     }
 }
 
-/// The order object of CONTRACT §4.
+/// The order object of docs/contract.md §4.
 pub fn order_json(o: &Order) -> Value {
     serde_json::to_value(OrderJson::of(o)).unwrap_or_default()
 }

@@ -1,4 +1,4 @@
-//! `P.notifications`: raw gateway notifications (CONTRACT §3.8). Each is
+//! `P.notifications`: raw gateway notifications (docs/contract.md §3.8). Each is
 //! verified again here (signature, timestamp window, merchant/app id,
 //! decryption) before anything else; an unverifiable one is dead-lettered
 //! with the reason and changes nothing.

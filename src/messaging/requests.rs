@@ -1,4 +1,4 @@
-//! Parsing of `P.requests` bodies (CONTRACT §3) into typed requests: parse
+//! Parsing of `P.requests` bodies (docs/contract.md §3) into typed requests: parse
 //! once, at the edge; everything after this works with values that cannot be
 //! wrong. A body that does not parse is `invalid_request` and dead-lettered.
 

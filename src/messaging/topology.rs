@@ -1,4 +1,4 @@
-//! The broker topology of CONTRACT §2, declared idempotently at every
+//! The broker topology of docs/contract.md §2, declared idempotently at every
 //! (re)connect. Quorum queues with an explicit delivery limit: this broker
 //! (3.10) has none by default, so a message that kills the consumer would
 //! otherwise loop forever instead of reaching the dead-letter queue.

@@ -1,4 +1,4 @@
-//! Alipay's `gateway.do` (GATEWAYS.md B2): precreate, query, close, refund,
+//! Alipay's `gateway.do` (docs/gateways.md B2): precreate, query, close, refund,
 //! refund query, bill download URL. Envelope and signatures: `alipay_proto.rs`.
 //!
 //! Like the real gateway, a precreated payment is not yet a trade: query and

@@ -1,8 +1,8 @@
-//! Alipay's trade bill (GATEWAYS.md B4): a zip holding the GBK `业务明细` CSV
+//! Alipay's trade bill (docs/gateways.md B4): a zip holding the GBK `业务明细` CSV
 //! (25 columns, `#` header/footer lines, ids and text suffixed with a tab) and
 //! the `业务明细(汇总)` file, entry names GBK without the UTF-8 flag.
 //! Service fee: 0.6% of the amount in fen, rounded half up, negative on
-//! payments and positive on refunds (the refund sign is GATEWAYS.md's
+//! payments and positive on refunds (the refund sign is docs/gateways.md's
 //! construction). The export time is fixed at 09:00 the next day, so the same
 //! day always gives the same bytes. The summary file's layout has one source
 //! only and is this simulator's best reading of it.

@@ -1,4 +1,4 @@
-//! Alipay's open-API envelope (GATEWAYS.md B1, B3): merged GET/POST
+//! Alipay's open-API envelope (docs/gateways.md B1, B3): merged GET/POST
 //! parameters, RSA2 request verification, the signed
 //! `{"<method>_response":{…},"sign":"…"}` answer, and V1 notification signing.
 

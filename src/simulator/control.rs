@@ -1,4 +1,4 @@
-//! The control API (CONTRACT §5) for tests and demos:
+//! The control API (docs/contract.md §5) for tests and demos:
 //!
 //! - `POST /sim/pay {"channel","out_trade_no","amount"?,"paid_at"?}` — the buyer
 //!   pays a prepared payment (`amount` in fen defaults to the prepared total;

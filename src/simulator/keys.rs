@@ -1,4 +1,4 @@
-//! The simulator's key files (CONTRACT §1). They are the interface between the
+//! The simulator's key files (docs/contract.md §1). They are the interface between the
 //! simulator and its clients: the daemon in simulator mode reads the merchant /
 //! app private keys and the platform / Alipay public keys from the same folder.
 

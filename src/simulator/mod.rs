@@ -1,7 +1,7 @@
 //! The gateway simulator: WeChat Pay API v3 at the root (`/v3/…`) and
 //! Alipay's open API at `/gateway.do`, signed with its own keys exactly as the
 //! real gateways sign, so the gateways' own SDKs talk to it unchanged
-//! (CONTRACT §5, GATEWAYS.md Part E). `/sim/…` is the control API for tests
+//! (docs/contract.md §5, docs/gateways.md Part E). `/sim/…` is the control API for tests
 //! and demos (see `control.rs`). State lives in memory for the process's life.
 
 mod alipay;
@@ -54,7 +54,7 @@ pub enum SimError {
 pub struct SimOptions {
     pub settings: SimulatorSettings,
     /// Delays between notification re-sends (defaults: the gateways' real
-    /// schedules, GATEWAYS.md A3 / B3). Tests pass short ones.
+    /// schedules, docs/gateways.md A3 / B3). Tests pass short ones.
     pub wechat_notify_retry: Vec<Duration>,
     pub alipay_notify_retry: Vec<Duration>,
     /// How long a "timeout" fault holds the response (default 30 s).

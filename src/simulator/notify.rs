@@ -1,4 +1,4 @@
-//! Asynchronous notifications (GATEWAYS.md A3, B3): built once, re-signed on
+//! Asynchronous notifications (docs/gateways.md A3, B3): built once, re-signed on
 //! every attempt (so a re-send hours later still carries a fresh timestamp),
 //! re-sent on the gateway's schedule until acknowledged. WeChat Pay counts
 //! 200/204 within 5 s as acknowledged; Alipay only the body `success`.

@@ -1,4 +1,4 @@
-//! WeChat Pay API v3 signatures on the gateway's side (GATEWAYS.md A1, A2):
+//! WeChat Pay API v3 signatures on the gateway's side (docs/gateways.md A1, A2):
 //! verifying a merchant's `Authorization` header, signing every answer with
 //! the platform key.
 

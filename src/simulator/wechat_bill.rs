@@ -1,4 +1,4 @@
-//! WeChat Pay's trade bill (GATEWAYS.md A5): built from the simulator's state
+//! WeChat Pay's trade bill (docs/gateways.md A5): built from the simulator's state
 //! for one business day (+08:00), every value prefixed with a backtick, yuan
 //! amounts, fees in 10⁻⁵ yuan. At 0.6% a fee in 10⁻⁵ yuan is exactly 6 × the
 //! amount in fen, so no rounding is ever needed at that precision.

@@ -1,8 +1,8 @@
-//! WeChat Pay API v3 (GATEWAYS.md A4): prepay, query, close, refund, refund
+//! WeChat Pay API v3 (docs/gateways.md A4): prepay, query, close, refund, refund
 //! query; bills are in `wechat_bill.rs`. Every call is authenticated first
 //! and every answer is signed (`wechat_auth.rs`).
 //!
-//! Choices where the real gateway is unconfirmed (GATEWAYS.md Part F):
+//! Choices where the real gateway is unconfirmed (docs/gateways.md Part F):
 //! - closing (or re-preparing) a paid order answers 403 `TRADE_ERROR`
 //!   "订单已支付" (`ORDERPAID` is the APIv2 code; the v3 one is unknown);
 //! - closing an already closed order answers 204 again;

@@ -1,4 +1,4 @@
-//! WeChat Pay refunds (GATEWAYS.md A4): create and query. Refunds succeed at
+//! WeChat Pay refunds (docs/gateways.md A4): create and query. Refunds succeed at
 //! once: the create answer says `SUCCESS` and a `REFUND.SUCCESS` notification
 //! follows (to the refund's `notify_url`, else the payment's). A repeated
 //! `out_refund_no` with the same order and amount answers the same refund;

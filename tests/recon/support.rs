@@ -163,7 +163,7 @@ fn wechat_fee(fen: i64) -> i64 {
     fen * 6
 }
 
-/// WeChat Pay's ALL trade bill (GATEWAYS.md A5), written independently of the parser.
+/// WeChat Pay's ALL trade bill (docs/gateways.md A5), written independently of the parser.
 pub fn wechat_bill(rows: &[Row]) -> String {
     let mut out = String::from("交易时间,公众账号ID,商户号,特约商户号,设备号,微信订单号,商户订单号,用户标识,交易类型,交易状态,付款银行,货币种类,应结订单金额,代金券金额,微信退款单号,商户退款单号,退款金额,充值券退款金额,退款类型,退款状态,商品名称,商户数据包,手续费,费率,订单金额,申请退款金额,费率备注\n");
     let y = |f: i64| format_signed_yuan(f, 2);
@@ -212,7 +212,7 @@ pub fn wechat_bill(rows: &[Row]) -> String {
     out
 }
 
-/// Alipay's 业务明细 (GATEWAYS.md B4) as GBK bytes.
+/// Alipay's 业务明细 (docs/gateways.md B4) as GBK bytes.
 pub fn alipay_bill(rows: &[Row]) -> Vec<u8> {
     let mut out = String::from("#支付宝业务明细查询\n#账号：[20880000000000000156]\n#起始日期：[2026年11月24日 00:00:00]   终止日期：[2026年11月25日 00:00:00]\n#-----------------------------------------业务明细列表----------------------------------------\n");
     out.push_str("支付宝交易号,商户订单号,业务类型,商品名称,创建时间,完成时间,门店编号,门店名称,操作员,终端号,对方账户,订单金额（元）,商家实收（元）,支付宝红包（元）,集分宝（元）,支付宝优惠（元）,商家优惠（元）,券核销金额（元）,券名称,商家红包消费金额（元）,卡消费金额（元）,退款批次号/请求号,服务费（元）,分润（元）,备注\n");

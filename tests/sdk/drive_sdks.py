@@ -2,7 +2,7 @@
 """Drives the official SDKs, unchanged, against a running payrecon simulator.
 
 Only the gateway address is overridden (`_core._gate_way` / `_gateway`, the
-SDKs have no option for it: GATEWAYS.md Part C). Everything else - signing
+SDKs have no option for it: docs/gateways.md Part C). Everything else - signing
 requests, verifying answers, decrypting and verifying notifications - is the
 SDKs' own code. Exits non-zero on the first failed check.
 

@@ -1,4 +1,4 @@
-//! The official Python SDKs, unchanged, against the simulator (GATEWAYS.md
+//! The official Python SDKs, unchanged, against the simulator (docs/gateways.md
 //! Part C). Needs `PAYRECON_SDK_PYTHON`: a Python with tests/sdk/requirements.txt
 //! installed, e.g. `python3 -m venv /work/venv-sdk && /work/venv-sdk/bin/pip
 //! install -r tests/sdk/requirements.txt`. Without it the test says so and passes.

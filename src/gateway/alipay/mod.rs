@@ -1,4 +1,4 @@
-//! The Alipay open API adapter, RSA2 (GATEWAYS.md Part B). One HTTP attempt
+//! The Alipay open API adapter, RSA2 (docs/gateways.md Part B). One HTTP attempt
 //! per call; the worker owns retries.
 //!
 //! Every answer's `<method>_response` node is verified against the Alipay

@@ -23,7 +23,7 @@ pub(super) fn required_str(node: &Node, key: &str) -> Result<String, GatewayErro
         .ok_or_else(|| GatewayError::Protocol(format!("Alipay answer lacks {key}")))
 }
 
-/// Alipay's `code` (and `sub_code`), classified once (GATEWAYS.md B1).
+/// Alipay's `code` (and `sub_code`), classified once (docs/gateways.md B1).
 pub(super) fn check_code(node: Node) -> Result<Node, GatewayError> {
     let code = text(&node, "code").unwrap_or("").to_string();
     let sub_code = text(&node, "sub_code").map(str::to_string);

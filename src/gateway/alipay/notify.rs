@@ -1,4 +1,4 @@
-//! Alipay asynchronous notifications (GATEWAYS.md B3): a form POST signed by
+//! Alipay asynchronous notifications (docs/gateways.md B3): a form POST signed by
 //! the V1 rule. Verified first; then the app id; then the trade status.
 
 use std::collections::BTreeMap;

@@ -1,4 +1,4 @@
-//! Alipay RSA2 (GATEWAYS.md B1, B3): the string a request signature covers,
+//! Alipay RSA2 (docs/gateways.md B1, B3): the string a request signature covers,
 //! the exact response node a response signature covers, and the V1 rule for
 //! notifications. Pure functions, tested against vectors made by openssl.
 

@@ -1,4 +1,4 @@
-//! Alipay's 业务明细 (GATEWAYS.md B4): GBK text, `#` comment lines around a
+//! Alipay's 业务明细 (docs/gateways.md B4): GBK text, `#` comment lines around a
 //! 25-column table, ids with a trailing tab, 交易 rows and 退款 rows whose
 //! amounts are negative. The closing `#…业务明细列表结束` marker must be
 //! there: a file without it was cut short.

@@ -1,4 +1,4 @@
-//! WeChat Pay's `ALL` trade bill (GATEWAYS.md A5): a 27-column header, detail
+//! WeChat Pay's `ALL` trade bill (docs/gateways.md A5): a 27-column header, detail
 //! rows whose every value is prefixed with a backtick, then a summary header
 //! and one summary row. The summary is checked against the rows, so a file
 //! cut short or tampered with fails instead of reconciling a partial day.

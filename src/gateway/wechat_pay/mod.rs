@@ -1,4 +1,4 @@
-//! The WeChat Pay API v3 adapter (GATEWAYS.md Part A). One HTTP attempt per
+//! The WeChat Pay API v3 adapter (docs/gateways.md Part A). One HTTP attempt per
 //! call: the worker owns retries (persisted), so a retry here would only hide
 //! attempts from it.
 //!

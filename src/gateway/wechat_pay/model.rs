@@ -1,5 +1,5 @@
 //! WeChat Pay's JSON, and its translation into the gateway types. Field sets
-//! follow GATEWAYS.md A3/A4; everything we do not act on is ignored.
+//! follow docs/gateways.md A3/A4; everything we do not act on is ignored.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

@@ -1,4 +1,4 @@
-//! WeChat Pay notifications (GATEWAYS.md A3): verify the headers' signature
+//! WeChat Pay notifications (docs/gateways.md A3): verify the headers' signature
 //! over the raw body, then the timestamp window, then decrypt the resource,
 //! then check it is ours. Nothing in the body is believed before that.
 
@@ -37,7 +37,7 @@ pub(super) fn verify(
     now: DateTime<Utc>,
 ) -> Result<Notification, NotificationError> {
     // Header names arrive lower-cased from our ingress but as WeChat spells
-    // them in a queued message (CONTRACT §3.8): look them up either way.
+    // them in a queued message (docs/contract.md §3.8): look them up either way.
     let header = |name: &str| {
         headers
             .iter()

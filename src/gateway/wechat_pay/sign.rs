@@ -1,4 +1,4 @@
-//! WeChat Pay API v3 signatures (GATEWAYS.md A1, A2): the merchant's
+//! WeChat Pay API v3 signatures (docs/gateways.md A1, A2): the merchant's
 //! `Authorization` on requests, and the platform's `Wechatpay-*` signature on
 //! responses and notifications. Pure functions, so the vectors made by the
 //! other implementation (`tests/fixtures/gateway/make_vectors.sh`) test them.
@@ -125,7 +125,7 @@ mod tests {
 
     #[test]
     fn message_of_the_documented_example() {
-        // GATEWAYS.md A1: the sha256 of this string was computed independently.
+        // docs/gateways.md A1: the sha256 of this string was computed independently.
         let m = request_message(
             "GET",
             "/v3/pay/transactions/out-trade-no/T1?mchid=1900000001",

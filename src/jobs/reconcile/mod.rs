@@ -1,4 +1,4 @@
-//! Daily reconciliation (CONTRACT §6): one channel's business day, the
+//! Daily reconciliation (docs/contract.md §6): one channel's business day, the
 //! gateway's bill against our orders.
 //!
 //! A run is recorded `running` first (one per channel across all instances,
@@ -319,7 +319,7 @@ pub async fn run_previous_day(
     results
 }
 
-/// `recon.run` requests (CONTRACT §3.7) arrive as durable tasks; they run
+/// `recon.run` requests (docs/contract.md §3.7) arrive as durable tasks; they run
 /// like `payrecon recon run`. An explicit request that finds the channel
 /// busy waits for it (unlike the schedule, which just skips): the run that
 /// holds the channel may well be the daily job, or another day's.

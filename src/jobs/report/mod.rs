@@ -1,4 +1,4 @@
-//! A run's report in every format of CONTRACT §6: JSON (the API's and
+//! A run's report in every format of docs/contract.md §6: JSON (the API's and
 //! `--format json`), CSV (one row per discrepancy), HTML (what finance
 //! opens and prints) and a terminal table. All are pure functions of a
 //! [`Report`]; the JSON field names are written here and nowhere else.
@@ -18,7 +18,7 @@ pub use html::render_html;
 pub use overview::{category_totals, CategoryTotal};
 pub use table::{render_runs_table, render_table, summary_lines};
 
-/// The report object of CONTRACT §6.
+/// The report object of docs/contract.md §6.
 pub fn report_json(report: &Report) -> Value {
     let mut value = run_json(&report.run);
     if let Value::Object(map) = &mut value {
