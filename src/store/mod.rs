@@ -82,16 +82,32 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Connects, creating the database if it is missing, and applies migrations.
 pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, StoreError> {
-    let options = PgConnectOptions::from_str(settings.url.expose())
-        .map_err(|e| StoreError::Url(e.to_string()))?;
-    create_database_if_missing(&options).await?;
-    let pool = PgPoolOptions::new()
+    let pool = open(settings)?;
+    prepare(settings, &pool).await?;
+    Ok(pool)
+}
+
+/// A pool that connects on first use. The daemon holds it from the start,
+/// before the database is reachable, and uses it once `prepare` succeeded.
+pub fn open(settings: &DatabaseSettings) -> Result<PgPool, StoreError> {
+    let options = connect_options(settings)?;
+    Ok(PgPoolOptions::new()
         .max_connections(settings.max_connections.max(2))
         .acquire_timeout(Duration::from_secs(5))
-        .connect_with(options.clone().disable_statement_logging())
-        .await?;
-    MIGRATOR.run(&pool).await?;
-    Ok(pool)
+        .connect_lazy_with(options.disable_statement_logging()))
+}
+
+/// Creates the database if it is missing and applies the migrations. The
+/// first connection is a plain one, so an unreachable server is reported
+/// as such rather than as a pool timeout.
+pub async fn prepare(settings: &DatabaseSettings, pool: &PgPool) -> Result<(), StoreError> {
+    create_database_if_missing(&connect_options(settings)?).await?;
+    MIGRATOR.run(pool).await?;
+    Ok(())
+}
+
+fn connect_options(settings: &DatabaseSettings) -> Result<PgConnectOptions, StoreError> {
+    PgConnectOptions::from_str(settings.url.expose()).map_err(|e| StoreError::Url(e.to_string()))
 }
 
 /// Connects without migrating (for read-only CLI commands on a possibly
