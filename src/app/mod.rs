@@ -367,9 +367,7 @@ async fn prepare_with_retry(
     loop {
         match store::prepare(&settings.database, pool).await {
             Ok(()) => return Ok(()),
-            Err(e @ (store::StoreError::Url(_) | store::StoreError::Migrate(_))) => {
-                return Err(e.into())
-            }
+            Err(e) if !worth_retrying(&e) => return Err(e.into()),
             Err(e) => {
                 tracing::warn!(error = %e, "database unavailable; retrying");
                 tokio::select! {
@@ -379,6 +377,20 @@ async fn prepare_with_retry(
                 pause = (pause * 2).min(Duration::from_secs(10));
             }
         }
+    }
+}
+
+/// A bad URL or a migration that fails in itself would fail again; a
+/// connection lost in the middle of the migrations would not.
+fn worth_retrying(e: &store::StoreError) -> bool {
+    use sqlx::migrate::MigrateError;
+    match e {
+        store::StoreError::Url(_) => false,
+        store::StoreError::Migrate(MigrateError::Execute(
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut,
+        )) => true,
+        store::StoreError::Migrate(_) => false,
+        _ => true,
     }
 }
 

@@ -16,6 +16,7 @@ use sqlx::PgPool;
 use tokio::sync::{Notify, RwLock};
 use tokio_util::sync::CancellationToken;
 
+use super::broker_error;
 use super::confirm_link::{ConfirmLink, LinkError};
 use super::consumer::{self, ConsumerSpec};
 use super::notification_processor::NotificationProcessor;
@@ -143,6 +144,8 @@ pub async fn supervise(
 
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
+    #[error(transparent)]
+    Connect(#[from] super::broker_error::ConnectError),
     #[error("broker: {0}")]
     Broker(#[from] lapin::Error),
     #[error("consumer: {0}")]
@@ -188,7 +191,11 @@ async fn session(shared: &Shared<'_>, established: &mut bool) -> Result<(), Sess
     // daemon a connection on a shared broker belongs to.
     let props = ConnectionProperties::default()
         .with_connection_name(format!("payrecon-{}", amqp.prefix).into());
-    let conn = Arc::new(Connection::connect(amqp.url.expose(), props).await?);
+    let uri = broker_error::parse_url(amqp.url.expose())?;
+    let conn = Connection::connect_uri(uri.clone(), props)
+        .await
+        .map_err(|e| broker_error::describe(&uri, &e))?;
+    let conn = Arc::new(conn);
     topology::declare(&conn.create_channel().await?, names).await?;
     let publisher = confirm_channel(&conn).await?;
     // Events go out on a link of their own (see confirm_link), named apart

@@ -37,6 +37,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("database url: {0}")]
     Url(String),
+    #[error("PostgreSQL is not reachable at {addr} ({reason}); check database.url and that the server runs")]
+    Unreachable { addr: String, reason: String },
+    #[error("PostgreSQL at {addr} refused the login of user {user}: wrong user or password")]
+    LoginRefused { addr: String, user: String },
 }
 
 impl StoreError {
@@ -45,7 +49,7 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Db(e) => is_transient_sqlx(e),
-            StoreError::Conflict(_) => true,
+            StoreError::Conflict(_) | StoreError::Unreachable { .. } => true,
             _ => false,
         }
     }
@@ -118,8 +122,29 @@ pub async fn connect_existing(settings: &DatabaseSettings) -> Result<PgPool, Sto
     Ok(PgPoolOptions::new()
         .max_connections(settings.max_connections.max(2))
         .acquire_timeout(Duration::from_secs(5))
-        .connect_with(options.disable_statement_logging())
-        .await?)
+        .connect_with(options.clone().disable_statement_logging())
+        .await
+        .map_err(|e| connect_error(&options, e))?)
+}
+
+/// A failed connection said with the address and user it tried (never the
+/// password), so that the message says what to fix.
+fn connect_error(options: &PgConnectOptions, e: sqlx::Error) -> StoreError {
+    let addr = format!("{}:{}", options.get_host(), options.get_port());
+    if let sqlx::Error::Io(io) = &e {
+        return StoreError::Unreachable {
+            addr,
+            reason: io.to_string(),
+        };
+    }
+    // invalid_password, invalid_authorization_specification
+    if has_sqlstate(&e, &["28P01", "28000"]) {
+        return StoreError::LoginRefused {
+            addr,
+            user: options.get_username().to_string(),
+        };
+    }
+    e.into()
 }
 
 async fn create_database_if_missing(options: &PgConnectOptions) -> Result<(), StoreError> {
@@ -132,9 +157,11 @@ async fn create_database_if_missing(options: &PgConnectOptions) -> Result<(), St
             return Ok(());
         }
         Err(e) if has_sqlstate(&e, &[sqlstate::INVALID_CATALOG_NAME]) => {}
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(connect_error(options, e)),
     }
-    let mut admin = PgConnection::connect_with(&options.clone().database("postgres")).await?;
+    let mut admin = PgConnection::connect_with(&options.clone().database("postgres"))
+        .await
+        .map_err(|e| connect_error(options, e))?;
     let quoted = format!("\"{}\"", name.replace('"', "\"\""));
     match sqlx::query(&format!("CREATE DATABASE {quoted}"))
         .execute(&mut admin)
