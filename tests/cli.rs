@@ -109,3 +109,116 @@ fn a_bad_config_names_the_key_and_exits_1() {
     assert_eq!(live.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&live.stderr).contains("gateways.alipay.base_url"));
 }
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+/// The one line a failed command prints: what to fix, not a chain of causes.
+fn one_line(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr).trim().to_string();
+    assert_eq!(text.lines().count(), 1, "not one line:\n{text}");
+    text
+}
+
+#[test]
+fn migrate_against_a_closed_port_names_host_and_port() {
+    let env = TestEnv::new("cliport");
+    let port = free_port();
+    let out = payrecon(&env)
+        .env(
+            "PAYRECON__DATABASE__URL",
+            format!("postgres://postgres@127.0.0.1:{port}/nowhere"),
+        )
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = one_line(&out.stderr);
+    assert!(
+        err.contains(&format!("PostgreSQL is not reachable at 127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert!(err.contains("database.url"), "{err}");
+}
+
+#[test]
+fn a_bad_duration_in_a_config_file_names_the_key_and_the_file() {
+    let env = TestEnv::new("clidur");
+    let file = env.keys_dir.path().join("payrecon.toml");
+    std::fs::write(&file, "[retry]\nmax_attempts = 3\nbase_delay = \"soon\"\n").unwrap();
+    let out = payrecon(&env)
+        .arg("--config")
+        .arg(&file)
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = one_line(&out.stderr);
+    assert!(err.contains("retry.base_delay"), "{err}");
+    assert!(err.contains(&file.display().to_string()), "{err}");
+    assert!(err.contains("soon"), "{err}");
+
+    let env_out = payrecon(&env)
+        .env("PAYRECON__ORDERS__PAY_TIMEOUT", "30 minutes")
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert_eq!(env_out.status.code(), Some(1));
+    let err = one_line(&env_out.stderr);
+    assert!(err.contains("orders.pay_timeout"), "{err}");
+    assert!(err.contains("PAYRECON__ORDERS__PAY_TIMEOUT"), "{err}");
+}
+
+/// `payrecon run` with a broker that refuses it keeps retrying, and says
+/// on each attempt what is wrong: here the password, then the address.
+#[test]
+fn run_says_why_the_broker_refuses() {
+    let env = TestEnv::new("clibroker");
+    let cases = [
+        (
+            "amqp://guest:Wrong-Broker-Pw-91c2@127.0.0.1:5672/%2f".to_string(),
+            "RabbitMQ at 127.0.0.1:5672 refused the login of user guest: wrong user or password"
+                .to_string(),
+        ),
+        {
+            let port = free_port();
+            (
+                format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
+                format!("RabbitMQ is not reachable at 127.0.0.1:{port}"),
+            )
+        },
+    ];
+    for (url, expected) in cases {
+        let log = env.keys_dir.path().join("run.log");
+        let mut child = payrecon(&env)
+            .arg("run")
+            .env("PAYRECON__AMQP__URL", &url)
+            .env(
+                "PAYRECON__HTTP__LISTEN",
+                format!("127.0.0.1:{}", free_port()),
+            )
+            .env(
+                "PAYRECON__SIMULATOR__LISTEN",
+                format!("127.0.0.1:{}", free_port()),
+            )
+            .env("PAYRECON__SIMULATOR__KEYS_DIR", env.keys_dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut text = String::new();
+        while !text.contains(&expected) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            text = std::fs::read_to_string(&log).unwrap_or_default();
+        }
+        let pid = child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let status = child.wait().unwrap();
+        assert!(text.contains(&expected), "never said {expected:?}:\n{text}");
+        assert!(!text.contains("Wrong-Broker-Pw"), "{text}");
+        assert_eq!(status.code(), Some(0), "{text}");
+    }
+}

@@ -119,8 +119,9 @@ async fn run_until_signal(settings: Settings) -> anyhow::Result<()> {
     // stop on a signal too, and exit 0, since it holds nothing to settle.
     let signal = wait_for_signal();
     tokio::pin!(signal);
+    let starting = Daemon::begin(settings).await?;
     let daemon = tokio::select! {
-        started = Daemon::start(settings) => started?,
+        started = starting.finish() => started?,
         _ = &mut signal => {
             tracing::info!("signal received while starting; exiting");
             return Ok(());
@@ -162,8 +163,29 @@ pub struct Daemon {
     tasks: JoinSet<()>,
 }
 
+/// A daemon that listens and waits for its database: `/healthz` and
+/// `/metrics` answer, `/readyz` and the routes that need the database say 503.
+pub struct Starting {
+    pub http_addr: SocketAddr,
+    pub simulator_base_url: Option<String>,
+    settings: Settings,
+    pool: PgPool,
+    gateways: Gateways,
+    broker: Arc<BrokerState>,
+    started: http::Started,
+    /// Dropped unfinished (a signal while waiting), everything stops.
+    shutdown: tokio_util::sync::DropGuard,
+    tasks: JoinSet<()>,
+}
+
 impl Daemon {
+    /// Starts and returns once the database is there and the daemon works.
     pub async fn start(settings: Settings) -> anyhow::Result<Daemon> {
+        Daemon::begin(settings).await?.finish().await
+    }
+
+    /// Listens at once; what needs the database waits for `Starting::finish`.
+    pub async fn begin(settings: Settings) -> anyhow::Result<Starting> {
         if settings.http.api_token.expose().is_empty()
             && !http::is_loopback_listen(&settings.http.listen)
         {
@@ -176,16 +198,80 @@ impl Daemon {
         let mut tasks = JoinSet::new();
         let _ = metrics_handle();
         crate::telemetry::register_metrics();
-        let pool = connect_with_retry(&settings, &shutdown).await?;
+        // Lazy: nothing is connected until `finish` has migrated.
+        let pool = store::open(&settings.database)?;
         let listener = TcpListener::bind(&settings.http.listen)
             .await
             .with_context(|| format!("http.listen {}", settings.http.listen))?;
         let http_addr = listener.local_addr()?;
         let (gateways, simulator_base_url) =
             wiring::start_gateways(&settings, &mut tasks, &shutdown).await?;
-        let notify_urls = notify_urls(&settings, http_addr);
         let names = Names::new(&settings.amqp.prefix);
         let broker = Arc::new(BrokerState::default());
+        let started = http::Started::default();
+        let state = http::HttpState {
+            pool: pool.clone(),
+            broker: broker.clone(),
+            gateways: gateways.clone(),
+            notifications_queue: names.notifications.clone(),
+            api_token: settings.http.api_token.expose().to_string(),
+            metrics: metrics_handle(),
+            dead_letter_queues: vec![
+                ("requests", names.requests_dlq.clone()),
+                ("notifications", names.notifications_dlq.clone()),
+            ],
+            started: started.clone(),
+        };
+        let app = http::router(state, wiring::recon_routes(&pool));
+        let http_shutdown = shutdown.clone();
+        tasks.spawn(async move {
+            let serve = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { http_shutdown.cancelled().await });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "http server failed");
+            }
+        });
+        tracing::info!(http = %http_addr, "listening; waiting for the database");
+        Ok(Starting {
+            http_addr,
+            simulator_base_url,
+            settings,
+            pool,
+            gateways,
+            broker,
+            started,
+            shutdown: shutdown.drop_guard(),
+            tasks,
+        })
+    }
+}
+
+impl Starting {
+    /// Waits for the database (retrying), migrates, and starts the work.
+    pub async fn finish(self) -> anyhow::Result<Daemon> {
+        let Starting {
+            http_addr,
+            simulator_base_url,
+            settings,
+            pool,
+            gateways,
+            broker,
+            started,
+            shutdown,
+            tasks,
+        } = self;
+        // From here a failure drops `daemon`, which stops what runs.
+        let mut daemon = Daemon {
+            http_addr,
+            simulator_base_url,
+            pool: pool.clone(),
+            shutdown: shutdown.disarm(),
+            tasks,
+        };
+        let shutdown = daemon.shutdown.clone();
+        let tasks = &mut daemon.tasks;
+        prepare_with_retry(&settings, &pool, &shutdown).await?;
+        let notify_urls = notify_urls(&settings, http_addr);
         let wake_relay = Arc::new(Notify::new());
         let payments = Arc::new(Payments {
             pool: pool.clone(),
@@ -211,40 +297,20 @@ impl Daemon {
             settings.amqp.clone(),
             pool.clone(),
             processors,
-            broker.clone(),
+            broker,
             wake_relay.clone(),
             wake_payments.clone(),
             shutdown.clone(),
         ));
         tasks.spawn(payments.clone().run(wake_payments, shutdown.clone()));
-        wiring::spawn_jobs(&settings, &pool, &gateways, &mut tasks, &shutdown)?;
-        let state = http::HttpState {
-            pool: pool.clone(),
-            broker,
-            gateways,
-            notifications_queue: names.notifications.clone(),
-            api_token: settings.http.api_token.expose().to_string(),
-            metrics: metrics_handle(),
-        };
-        let app = http::router(state, wiring::recon_routes(&pool));
-        let http_shutdown = shutdown.clone();
-        tasks.spawn(async move {
-            let serve = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { http_shutdown.cancelled().await });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "http server failed");
-            }
-        });
+        wiring::spawn_jobs(&settings, &pool, &gateways, tasks, &shutdown)?;
+        started.set();
         tracing::info!(http = %http_addr, prefix = %settings.amqp.prefix, "payrecon running");
-        Ok(Daemon {
-            http_addr,
-            simulator_base_url,
-            pool,
-            shutdown,
-            tasks,
-        })
+        Ok(daemon)
     }
+}
 
+impl Daemon {
     /// Stops everything in order and waits (bounded) for it.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
@@ -295,17 +361,16 @@ fn notify_urls(settings: &Settings, http_addr: SocketAddr) -> HashMap<Channel, S
     urls
 }
 
-async fn connect_with_retry(
+async fn prepare_with_retry(
     settings: &Settings,
+    pool: &PgPool,
     shutdown: &CancellationToken,
-) -> anyhow::Result<PgPool> {
+) -> anyhow::Result<()> {
     let mut pause = Duration::from_millis(500);
     loop {
-        match store::connect(&settings.database).await {
-            Ok(pool) => return Ok(pool),
-            Err(e @ (store::StoreError::Url(_) | store::StoreError::Migrate(_))) => {
-                return Err(e.into())
-            }
+        match store::prepare(&settings.database, pool).await {
+            Ok(()) => return Ok(()),
+            Err(e) if !worth_retrying(&e) => return Err(e.into()),
             Err(e) => {
                 tracing::warn!(error = %e, "database unavailable; retrying");
                 tokio::select! {
@@ -315,6 +380,20 @@ async fn connect_with_retry(
                 pause = (pause * 2).min(Duration::from_secs(10));
             }
         }
+    }
+}
+
+/// A bad URL or a migration that fails in itself would fail again; a
+/// connection lost in the middle of the migrations would not.
+fn worth_retrying(e: &store::StoreError) -> bool {
+    use sqlx::migrate::MigrateError;
+    match e {
+        store::StoreError::Url(_) => false,
+        store::StoreError::Migrate(MigrateError::Execute(
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut,
+        )) => true,
+        store::StoreError::Migrate(_) => false,
+        _ => true,
     }
 }
 

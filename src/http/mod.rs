@@ -2,12 +2,14 @@
 //! notification ingress, orders, and the reconciliation reports.
 
 mod auth;
+mod gauges;
 mod health;
 mod notify;
 mod orders;
 pub mod recon;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::routing::{get, post};
@@ -29,6 +31,43 @@ pub struct HttpState {
     pub notifications_queue: String,
     pub api_token: String,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// The dead-letter queues by their `queue` label ("requests", …).
+    pub dead_letter_queues: Vec<(&'static str, String)>,
+    pub started: Started,
+}
+
+/// Set once the database is migrated and the consumers run. The server
+/// listens before that (liveness is not readiness): `/healthz` and
+/// `/metrics` answer from the first moment, `/readyz` says 503, and the
+/// routes that need the database answer 503 until then.
+#[derive(Clone, Default)]
+pub struct Started(Arc<AtomicBool>);
+
+impl Started {
+    pub fn set(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+async fn until_started(
+    axum::extract::State(started): axum::extract::State<Started>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if started.get() {
+        return next.run(req).await;
+    }
+    (
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        [(axum::http::header::RETRY_AFTER, "5")],
+        "starting: waiting for the database",
+    )
+        .into_response()
 }
 
 /// `extra` carries routes other modules serve (the reconciliation reports);
@@ -41,15 +80,24 @@ pub fn router(state: HttpState, extra: Option<Router>) -> Router {
         Some(r) => protected.merge(r),
         None => protected,
     };
-    let protected = protected.layer(axum::middleware::from_fn_with_state(
-        state.api_token.clone(),
-        auth::require_token,
-    ));
+    let gate = axum::middleware::from_fn_with_state(state.started.clone(), until_started);
+    // The token is checked first: a caller without one learns nothing, not
+    // even that the daemon is starting.
+    let protected = protected
+        .layer(gate.clone())
+        .layer(axum::middleware::from_fn_with_state(
+            state.api_token.clone(),
+            auth::require_token,
+        ));
+    let notify = Router::new()
+        .route("/notify/{channel}", post(notify::ingress))
+        .layer(gate)
+        .with_state(state.clone());
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
-        .route("/notify/{channel}", post(notify::ingress))
         .with_state(state)
+        .merge(notify)
         .merge(protected)
 }

@@ -74,7 +74,10 @@ impl ConfirmLink {
     /// Opens the connection (named `name` in the broker's listings), one
     /// channel, and puts it in confirm mode.
     pub async fn connect(url: &str, name: &str) -> Result<ConfirmLink, LinkError> {
-        let uri: AMQPUri = url.parse().map_err(LinkError::Url)?;
+        // Not the parser's message: it quotes the URL, password included.
+        let uri: AMQPUri = url
+            .parse()
+            .map_err(|_| LinkError::Url("amqp.url is not a valid AMQP URL".into()))?;
         if uri.scheme != AMQPScheme::AMQP {
             return Err(LinkError::Url(
                 "only amqp:// is supported (the broker is on loopback)".into(),

@@ -290,8 +290,13 @@ async fn settle(
     for (index, reason) in &result.dead_letters {
         let Some(d) = batch.get(*index) else { continue };
         tracing::warn!(queue = %spec.queue, reason = %reason, "dead-lettering message");
-        metrics::counter!("payrecon_dead_letters_total", "queue" => spec.queue.clone())
-            .increment(1);
+        // Labelled "requests" / "notifications" like the other series, not
+        // with the prefixed queue name: one dashboard serves every prefix.
+        let label = spec
+            .queue
+            .rsplit_once('.')
+            .map_or(spec.queue.as_str(), |(_, q)| q);
+        metrics::counter!("payrecon_dead_letters_total", "queue" => label.to_string()).increment(1);
         letters.push(Outgoing {
             exchange: &spec.dlx,
             routing_key: &spec.queue,

@@ -1,6 +1,7 @@
 //! RabbitMQ: the topology, the batched consumers, request parsing and
 //! handling, and the outbox relay.
 
+pub mod broker_error;
 pub mod confirm_link;
 pub mod consumer;
 pub mod contracts;

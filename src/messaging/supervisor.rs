@@ -9,12 +9,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::options::ConfirmSelectOptions;
+use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ConnectionProperties};
 use sqlx::PgPool;
 use tokio::sync::{Notify, RwLock};
 use tokio_util::sync::CancellationToken;
 
+use super::broker_error;
 use super::confirm_link::{ConfirmLink, LinkError};
 use super::consumer::{self, ConsumerSpec};
 use super::notification_processor::NotificationProcessor;
@@ -28,6 +30,10 @@ use crate::config::AmqpSettings;
 pub struct BrokerState {
     ready: AtomicBool,
     publisher: RwLock<Option<Channel>>,
+    /// The session's connection, for `/metrics` to open a short-lived
+    /// channel on: a passive declare of a missing queue closes its channel,
+    /// so none of the working channels is lent out for it.
+    connection: RwLock<Option<Arc<Connection>>>,
 }
 
 impl BrokerState {
@@ -40,9 +46,31 @@ impl BrokerState {
         self.publisher.read().await.clone()
     }
 
-    async fn set(&self, channel: Option<Channel>) {
-        self.ready.store(channel.is_some(), Ordering::SeqCst);
+    /// The number of messages in each of `queues` (None for a queue that
+    /// could not be read), or None without a live session.
+    pub async fn queue_depths(&self, queues: &[&str]) -> Option<Vec<Option<u32>>> {
+        let conn = self.connection.read().await.clone()?;
+        let channel = conn.create_channel().await.ok()?;
+        let mut depths = Vec::with_capacity(queues.len());
+        for queue in queues {
+            let options = QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            let declared = channel
+                .queue_declare((*queue).into(), options, FieldTable::default())
+                .await;
+            depths.push(declared.ok().map(|q| q.message_count()));
+        }
+        let _ = channel.close(200, "read".into()).await;
+        Some(depths)
+    }
+
+    async fn set(&self, session: Option<(Arc<Connection>, Channel)>) {
+        self.ready.store(session.is_some(), Ordering::SeqCst);
+        let (conn, channel) = session.unzip();
         *self.publisher.write().await = channel;
+        *self.connection.write().await = conn;
     }
 }
 
@@ -116,6 +144,8 @@ pub async fn supervise(
 
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
+    #[error(transparent)]
+    Connect(#[from] super::broker_error::ConnectError),
     #[error("broker: {0}")]
     Broker(#[from] lapin::Error),
     #[error("consumer: {0}")]
@@ -161,7 +191,11 @@ async fn session(shared: &Shared<'_>, established: &mut bool) -> Result<(), Sess
     // daemon a connection on a shared broker belongs to.
     let props = ConnectionProperties::default()
         .with_connection_name(format!("payrecon-{}", amqp.prefix).into());
-    let conn = Connection::connect(amqp.url.expose(), props).await?;
+    let uri = broker_error::parse_url(amqp.url.expose())?;
+    let conn = Connection::connect_uri(uri.clone(), props)
+        .await
+        .map_err(|e| broker_error::describe(&uri, &e))?;
+    let conn = Arc::new(conn);
     topology::declare(&conn.create_channel().await?, names).await?;
     let publisher = confirm_channel(&conn).await?;
     // Events go out on a link of their own (see confirm_link), named apart
@@ -203,7 +237,7 @@ async fn session(shared: &Shared<'_>, established: &mut bool) -> Result<(), Sess
         wake.clone(),
         relay_done.clone(),
     );
-    state.set(Some(publisher.clone())).await;
+    state.set(Some((conn.clone(), publisher.clone()))).await;
     *established = true;
     tracing::info!(prefix = %amqp.prefix, "connected to the broker; consuming");
     let consumers = async {

@@ -37,6 +37,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("database url: {0}")]
     Url(String),
+    #[error("PostgreSQL is not reachable at {addr} ({reason}); check database.url and that the server runs")]
+    Unreachable { addr: String, reason: String },
+    #[error("PostgreSQL at {addr} refused the login of user {user}: wrong user or password")]
+    LoginRefused { addr: String, user: String },
 }
 
 impl StoreError {
@@ -45,7 +49,7 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             StoreError::Db(e) => is_transient_sqlx(e),
-            StoreError::Conflict(_) => true,
+            StoreError::Conflict(_) | StoreError::Unreachable { .. } => true,
             _ => false,
         }
     }
@@ -82,16 +86,32 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// Connects, creating the database if it is missing, and applies migrations.
 pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, StoreError> {
-    let options = PgConnectOptions::from_str(settings.url.expose())
-        .map_err(|e| StoreError::Url(e.to_string()))?;
-    create_database_if_missing(&options).await?;
-    let pool = PgPoolOptions::new()
+    let pool = open(settings)?;
+    prepare(settings, &pool).await?;
+    Ok(pool)
+}
+
+/// A pool that connects on first use. The daemon holds it from the start,
+/// before the database is reachable, and uses it once `prepare` succeeded.
+pub fn open(settings: &DatabaseSettings) -> Result<PgPool, StoreError> {
+    let options = connect_options(settings)?;
+    Ok(PgPoolOptions::new()
         .max_connections(settings.max_connections.max(2))
         .acquire_timeout(Duration::from_secs(5))
-        .connect_with(options.clone().disable_statement_logging())
-        .await?;
-    MIGRATOR.run(&pool).await?;
-    Ok(pool)
+        .connect_lazy_with(options.disable_statement_logging()))
+}
+
+/// Creates the database if it is missing and applies the migrations. The
+/// first connection is a plain one, so an unreachable server is reported
+/// as such rather than as a pool timeout.
+pub async fn prepare(settings: &DatabaseSettings, pool: &PgPool) -> Result<(), StoreError> {
+    create_database_if_missing(&connect_options(settings)?).await?;
+    MIGRATOR.run(pool).await?;
+    Ok(())
+}
+
+fn connect_options(settings: &DatabaseSettings) -> Result<PgConnectOptions, StoreError> {
+    PgConnectOptions::from_str(settings.url.expose()).map_err(|e| StoreError::Url(e.to_string()))
 }
 
 /// Connects without migrating (for read-only CLI commands on a possibly
@@ -102,8 +122,29 @@ pub async fn connect_existing(settings: &DatabaseSettings) -> Result<PgPool, Sto
     Ok(PgPoolOptions::new()
         .max_connections(settings.max_connections.max(2))
         .acquire_timeout(Duration::from_secs(5))
-        .connect_with(options.disable_statement_logging())
-        .await?)
+        .connect_with(options.clone().disable_statement_logging())
+        .await
+        .map_err(|e| connect_error(&options, e))?)
+}
+
+/// A failed connection said with the address and user it tried (never the
+/// password), so that the message says what to fix.
+fn connect_error(options: &PgConnectOptions, e: sqlx::Error) -> StoreError {
+    let addr = format!("{}:{}", options.get_host(), options.get_port());
+    if let sqlx::Error::Io(io) = &e {
+        return StoreError::Unreachable {
+            addr,
+            reason: io.to_string(),
+        };
+    }
+    // invalid_password, invalid_authorization_specification
+    if has_sqlstate(&e, &["28P01", "28000"]) {
+        return StoreError::LoginRefused {
+            addr,
+            user: options.get_username().to_string(),
+        };
+    }
+    e.into()
 }
 
 async fn create_database_if_missing(options: &PgConnectOptions) -> Result<(), StoreError> {
@@ -116,9 +157,11 @@ async fn create_database_if_missing(options: &PgConnectOptions) -> Result<(), St
             return Ok(());
         }
         Err(e) if has_sqlstate(&e, &[sqlstate::INVALID_CATALOG_NAME]) => {}
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(connect_error(options, e)),
     }
-    let mut admin = PgConnection::connect_with(&options.clone().database("postgres")).await?;
+    let mut admin = PgConnection::connect_with(&options.clone().database("postgres"))
+        .await
+        .map_err(|e| connect_error(options, e))?;
     let quoted = format!("\"{}\"", name.replace('"', "\"\""));
     match sqlx::query(&format!("CREATE DATABASE {quoted}"))
         .execute(&mut admin)

@@ -191,6 +191,22 @@ pub async fn count_unpublished(conn: &mut PgConnection) -> Result<i64, StoreErro
     Ok(sqlx::query_scalar(SQL.as_str()).fetch_one(conn).await?)
 }
 
+/// The outbox lag for `/metrics`: how many committed events wait for the
+/// relay, and how old the oldest of them is in seconds (0 when none).
+pub async fn lag(conn: &mut PgConnection) -> Result<(i64, f64), StoreError> {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT count(*), \
+                    COALESCE(EXTRACT(EPOCH FROM now() - min(created_at))::float8, 0) \
+             FROM outbox, outbox_relay r \
+             WHERE {} AND NOT (r.reading IS NOT NULL \
+               AND pg_visible_in_snapshot(tx, r.reading) AND id <= r.read_up_to)",
+            written_after("r.published")
+        )
+    });
+    Ok(sqlx::query_as(SQL.as_str()).fetch_one(conn).await?)
+}
+
 /// The partition that holds the row with this id.
 pub fn slot_of(id: i64) -> i64 {
     id / SLOT_IDS % SLOTS

@@ -302,3 +302,45 @@ pub async fn discrepancies(
         })
         .collect()
 }
+
+/// The latest completed run of each channel that has one, for `/metrics`:
+/// its finish (unix seconds) and its discrepancies per category (only the
+/// categories it has).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LastSuccess {
+    pub channel: String,
+    pub finished_at: f64,
+    pub discrepancies: Vec<(String, i64)>,
+}
+
+pub async fn last_successes(conn: &mut PgConnection) -> Result<Vec<LastSuccess>, StoreError> {
+    let rows: Vec<(String, f64, Option<String>, i64)> = sqlx::query_as(
+        "WITH last AS ( \
+             SELECT DISTINCT ON (channel) run_id, channel, finished_at FROM recon_runs \
+             WHERE status = 'completed' AND finished_at IS NOT NULL \
+             ORDER BY channel, finished_at DESC) \
+         SELECT l.channel, EXTRACT(EPOCH FROM l.finished_at)::float8, d.category, count(d.run_id) \
+         FROM last l LEFT JOIN recon_discrepancies d ON d.run_id = l.run_id \
+         GROUP BY l.channel, l.finished_at, d.category",
+    )
+    .fetch_all(conn)
+    .await?;
+    let mut out: Vec<LastSuccess> = Vec::new();
+    for (channel, finished_at, category, n) in rows {
+        let i = match out.iter().position(|l| l.channel == channel) {
+            Some(i) => i,
+            None => {
+                out.push(LastSuccess {
+                    channel,
+                    finished_at,
+                    discrepancies: Vec::new(),
+                });
+                out.len() - 1
+            }
+        };
+        if let Some(category) = category {
+            out[i].discrepancies.push((category, n));
+        }
+    }
+    Ok(out)
+}

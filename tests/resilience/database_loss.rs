@@ -120,3 +120,65 @@ async fn start_waits_for_a_database_that_refuses_connections() {
     assert_each_once(&env, &mut broker, &ids, true).await;
     daemon.stop().await;
 }
+
+/// Liveness is not readiness: while its database refuses connections the
+/// daemon already listens. `/healthz` 200 and `/metrics` 200 in time,
+/// `/readyz` 503, and what needs the database 503; once the database is
+/// back the same server is ready and serves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listens_before_the_database_is_reachable() {
+    let env = TestEnv::new("rdblive");
+    let admin = pg_admin().await;
+    sqlx::query(&format!("CREATE DATABASE \"{}\"", env.name))
+        .execute(&admin)
+        .await
+        .expect("create database");
+    allow_connections(&admin, &env.name, false).await;
+    let starting = Daemon::begin(env.settings.clone())
+        .await
+        .expect("listens without a database");
+    let base = format!("http://{}", starting.http_addr);
+    let http = reqwest::Client::new();
+    let status = |method: reqwest::Method, path: &str| {
+        let request = http.request(method, format!("{base}{path}"));
+        async move { request.send().await.expect("answers").status().as_u16() }
+    };
+    let order = format!("/orders/{}", uuid::Uuid::new_v4());
+    let check_starting = || async {
+        assert_eq!(status(reqwest::Method::GET, "/healthz").await, 200);
+        assert_eq!(status(reqwest::Method::GET, "/readyz").await, 503);
+        assert_eq!(status(reqwest::Method::GET, &order).await, 503);
+        assert_eq!(status(reqwest::Method::GET, "/recon/runs").await, 503);
+        assert_eq!(status(reqwest::Method::POST, "/notify/alipay").await, 503);
+        let scrape_started = std::time::Instant::now();
+        let metrics = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .expect("metrics");
+        assert_eq!(metrics.status(), 200);
+        assert!(
+            scrape_started.elapsed() < Duration::from_secs(5),
+            "a scrape waited {:?} on the missing database",
+            scrape_started.elapsed()
+        );
+        let text = metrics.text().await.expect("text");
+        assert!(text.contains("payrecon_ready"), "{text}");
+    };
+    check_starting().await;
+    let finishing = tokio::spawn(starting.finish());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!finishing.is_finished(), "started without its database");
+    check_starting().await;
+    allow_connections(&admin, &env.name, true).await;
+    admin.close().await;
+    let daemon = tokio::time::timeout(Duration::from_secs(30), finishing)
+        .await
+        .expect("started within 30s of the database coming back")
+        .expect("start task")
+        .expect("daemon starts");
+    wait_readyz(&base, 200, 20).await;
+    assert_eq!(status(reqwest::Method::GET, &order).await, 404);
+    assert_eq!(status(reqwest::Method::GET, "/recon/runs").await, 200);
+    daemon.stop().await;
+}
