@@ -61,6 +61,7 @@ async fn dispatch(command: Command, settings: Settings) -> i32 {
         } => show_order(&settings, &order_id, json).await,
         Command::Recon { command } => wiring::recon_command(command, &settings).await,
         Command::GatewaySim { listen } => wiring::gateway_sim(&settings, listen).await,
+        Command::Dlq { command } => Ok(crate::cli::dlq::run(command, &settings.amqp).await),
     };
     match result {
         Ok(code) => code,
