@@ -64,6 +64,7 @@ async fn dispatch(command: Command, settings: Settings) -> i32 {
         Command::Demo { keep, out_dir } => {
             crate::demo::run(&settings, crate::demo::DemoOptions { keep, out_dir }).await
         }
+        Command::Dlq { command } => Ok(crate::cli::dlq::run(command, &settings.amqp).await),
     };
     match result {
         Ok(code) => code,

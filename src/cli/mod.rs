@@ -1,6 +1,7 @@
-//! The command line of docs/contract.md §1. Exit codes: 0 success, 1 could not run,
-//! 3 not found.
+//! The command line of docs/contract.md §1. Exit codes: 0 success, 1 could
+//! not run, 3 not found. Every command's `--help` ends with an example.
 
+pub mod dlq;
 pub mod recon;
 
 use std::path::PathBuf;
@@ -11,7 +12,14 @@ use clap::{Parser, Subcommand};
 #[command(
     name = "payrecon",
     version,
-    about = "Payments back office: orders, gateways, reconciliation"
+    about = "Payments back office: orders, gateways, reconciliation",
+    after_help = "Examples:
+  payrecon run
+  payrecon --config /etc/payrecon.toml order show 0193a5c2-7d4e-7b21-9c1f-5e8a0b6d2f10
+  PAYRECON__AMQP__PREFIX=shop2 payrecon dlq list
+
+Settings: --config FILE, else config/default.toml then config/local.toml;
+PAYRECON__SECTION__KEY environment variables override any key."
 )]
 pub struct Cli {
     /// Configuration file (default: config/default.toml, then config/local.toml).
@@ -25,15 +33,30 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// The daemon: migrations, topology, consumers, scheduler, HTTP, simulator.
+    #[command(after_help = "Example:
+  PAYRECON__AMQP__PREFIX=shop payrecon run
+
+Runs until SIGINT or SIGTERM, then stops consuming, settles what is in
+flight and exits 0.")]
     Run,
     /// Apply the database migrations and exit.
+    #[command(after_help = "Example:
+  DATABASE_URL=postgres://postgres@127.0.0.1:5432/payrecon payrecon migrate
+
+Creates the database if it is missing. The daemon migrates at start too.")]
     Migrate,
     /// Orders.
+    #[command(after_help = "Example:
+  payrecon order show 0193a5c2-7d4e-7b21-9c1f-5e8a0b6d2f10 --json")]
     Order {
         #[command(subcommand)]
         command: OrderCommand,
     },
     /// Reconciliation runs and reports.
+    #[command(after_help = "Examples:
+  payrecon recon run --channel wechat_pay --date 2026-11-24
+  payrecon recon report --channel alipay --date 2026-11-24 --format html --output report.html
+  payrecon recon list --limit 5")]
     Recon {
         #[command(subcommand)]
         command: ReconCommand,
@@ -51,7 +74,23 @@ pub enum Command {
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
+    /// Dead letters: list, replay, purge.
+    #[command(after_help = "Examples:
+  payrecon dlq list
+  payrecon dlq replay --id 0193a5c2-7d4e-7b21-9c1f-5e8a0b6d2f10
+  payrecon dlq purge --older-than 7d --yes
+
+Works on P.requests.dlq and P.notifications.dlq (P = amqp.prefix).")]
+    Dlq {
+        #[command(subcommand)]
+        command: dlq::DlqCommand,
+    },
     /// The gateway simulator alone.
+    #[command(after_help = "Example:
+  payrecon gateway-sim --listen 127.0.0.1:8090
+
+Serves WeChat Pay's v3 paths and Alipay's /gateway.do with the keys in
+simulator.keys_dir (created where missing), and the /sim control API.")]
     GatewaySim {
         /// Listen address (default: simulator.listen).
         #[arg(long)]
@@ -62,7 +101,13 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum OrderCommand {
     /// Show one order.
+    #[command(after_help = "Examples:
+  payrecon order show 0193a5c2-7d4e-7b21-9c1f-5e8a0b6d2f10
+  payrecon order show 0193a5c2-7d4e-7b21-9c1f-5e8a0b6d2f10 --json
+
+Exits 3 when there is no such order.")]
     Show {
+        /// The order's id (a UUID).
         order_id: String,
         /// The order object of docs/contract.md §4 as JSON.
         #[arg(long)]
@@ -73,9 +118,18 @@ pub enum OrderCommand {
 #[derive(Debug, Subcommand)]
 pub enum ReconCommand {
     /// Reconcile one channel's business day now.
+    #[command(after_help = "Examples:
+  payrecon recon run --channel wechat_pay --date 2026-11-24
+  payrecon recon run --channel alipay --date 2026-11-24 --bill-file ./alipay-bill-2026-11-24.csv
+
+Prints the run id and the summary. Exits 0 when the run completed, even
+with discrepancies; 1 when it could not run. Shows a progress bar on a
+terminal, progress log lines otherwise.")]
     Run {
+        /// wechat_pay or alipay.
         #[arg(long)]
         channel: String,
+        /// The business day, YYYY-MM-DD (in jobs.reconcile.timezone).
         #[arg(long)]
         date: String,
         /// Read the bill from this file (the gateway's own format) instead of downloading it.
@@ -83,20 +137,32 @@ pub enum ReconCommand {
         bill_file: Option<PathBuf>,
     },
     /// Print a run's report.
+    #[command(after_help = "Examples:
+  payrecon recon report --run 0193a5c2-7d4e-7b21-9c1f-5e8a0b6d2f10
+  payrecon recon report --channel wechat_pay --date 2026-11-24 --format csv --output recon.csv
+
+Exits 3 when there is no such run.")]
     Report {
+        /// The run's id (from `recon run` or `recon list`).
         #[arg(long, conflicts_with_all = ["channel", "date"])]
         run: Option<String>,
+        /// With --date: the latest run of that channel and day.
         #[arg(long, requires = "date")]
         channel: Option<String>,
+        /// YYYY-MM-DD, with --channel.
         #[arg(long, requires = "channel")]
         date: Option<String>,
         #[arg(long, default_value = "table", value_parser = ["table", "json", "csv", "html"])]
         format: String,
+        /// Write here (replaced atomically) instead of to stdout.
         #[arg(long)]
         output: Option<PathBuf>,
     },
     /// Recent runs, newest first.
+    #[command(after_help = "Example:
+  payrecon recon list --limit 5")]
     List {
+        /// How many runs.
         #[arg(long, default_value_t = 20)]
         limit: i64,
     },

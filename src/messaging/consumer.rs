@@ -17,6 +17,7 @@ use lapin::Channel;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::dlq;
 use super::publisher::{self, Outgoing};
 
 /// What a processor says about a batch whose effects it committed.
@@ -287,6 +288,7 @@ async fn settle(
     result: BatchResult,
 ) -> Result<(), ConsumerError> {
     let mut letters = Vec::with_capacity(result.dead_letters.len());
+    let now = chrono::Utc::now();
     for (index, reason) in &result.dead_letters {
         let Some(d) = batch.get(*index) else { continue };
         tracing::warn!(queue = %spec.queue, reason = %reason, "dead-lettering message");
@@ -301,7 +303,7 @@ async fn settle(
             exchange: &spec.dlx,
             routing_key: &spec.queue,
             body: &d.data,
-            properties: publisher::with_header(d.properties.clone(), "x-payrecon-error", reason),
+            properties: dlq::letter::mark(d.properties.clone(), reason, now),
         });
     }
     if !letters.is_empty() {

@@ -5,6 +5,7 @@ pub mod broker_error;
 pub mod confirm_link;
 pub mod consumer;
 pub mod contracts;
+pub mod dlq;
 pub mod handler;
 pub mod notification_processor;
 pub mod place_batch;
