@@ -126,6 +126,10 @@ pub struct AlipaySettings {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SimulatorSettings {
+    /// `true`: `payrecon run` starts the simulator in-process at `listen`
+    /// (or shares a same-key one already there); `false`: it uses the one
+    /// at `listen` that `payrecon gateway-sim` runs.
+    pub embedded: bool,
     pub listen: String,
     pub keys_dir: PathBuf,
     pub wechat_mchid: String,
@@ -194,6 +198,7 @@ impl Default for Settings {
                 },
             },
             simulator: SimulatorSettings {
+                embedded: true,
                 listen: "127.0.0.1:8090".into(),
                 keys_dir: PathBuf::from(".payrecon/sim-keys"),
                 wechat_mchid: "1900000001".into(),

@@ -28,6 +28,7 @@ use crate::messaging::topology::Names;
 use crate::payments::{Payments, RetryPolicy};
 use crate::{http, store};
 
+mod shared_sim;
 mod wiring;
 
 /// Runs a command and returns the process exit code.

@@ -10,16 +10,17 @@ use sqlx::PgPool;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use super::shared_sim::{start_on, start_or_share, SimulatorInUse};
 use super::Gateways;
 use crate::cli::ReconCommand;
 use crate::config::{GatewayMode, Settings};
 use crate::gateway::factory::build_gateways;
 use crate::jobs::reconcile::ReconContext;
 use crate::payments::ReconRunner;
-use crate::simulator::{SimOptions, Simulator};
 
-/// Starts the in-process simulator when a gateway is in simulator mode and
-/// builds the enabled gateways.
+/// In simulator mode: starts the in-process simulator, or shares the one
+/// already at `simulator.listen` (`shared_sim.rs`); then builds the enabled
+/// gateways.
 pub async fn start_gateways(
     settings: &Settings,
     tasks: &mut JoinSet<()>,
@@ -29,33 +30,21 @@ pub async fn start_gateways(
     let simulated = (g.wechat_pay.enabled && g.wechat_pay.mode == GatewayMode::Simulator)
         || (g.alipay.enabled && g.alipay.mode == GatewayMode::Simulator);
     let base_url = if simulated {
-        let sim = start_simulator(settings, &settings.simulator.listen, shutdown.clone()).await?;
-        let url = sim.base_url();
-        tasks.spawn(async move {
-            if let Err(e) = sim.stopped().await {
-                tracing::warn!(error = %e, "simulator stopped with an error");
-            }
-        });
+        let in_use = start_or_share(settings, shutdown.clone()).await?;
+        let url = in_use.base_url();
+        if let SimulatorInUse::Own(sim) = in_use {
+            tasks.spawn(async move {
+                if let Err(e) = sim.stopped().await {
+                    tracing::warn!(error = %e, "simulator stopped with an error");
+                }
+            });
+        }
         Some(url)
     } else {
         None
     };
     let gateways = build_gateways(settings, base_url.as_deref()).context("gateways")?;
     Ok((gateways, base_url))
-}
-
-async fn start_simulator(
-    settings: &Settings,
-    listen: &str,
-    shutdown: CancellationToken,
-) -> anyhow::Result<Simulator> {
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("simulator.listen {listen}"))?;
-    let opts = SimOptions::new(settings.simulator.clone());
-    Simulator::start(opts, listener, shutdown)
-        .await
-        .context("simulator")
 }
 
 /// What runs `recon.run` requests (docs/contract.md §3.7): the same reconciliation
@@ -132,7 +121,10 @@ pub async fn recon_command(command: ReconCommand, settings: &Settings) -> anyhow
 pub async fn gateway_sim(settings: &Settings, listen: Option<String>) -> anyhow::Result<i32> {
     let shutdown = CancellationToken::new();
     let listen = listen.unwrap_or_else(|| settings.simulator.listen.clone());
-    let sim = start_simulator(settings, &listen, shutdown.clone()).await?;
+    let listener = TcpListener::bind(&listen)
+        .await
+        .with_context(|| format!("simulator.listen {listen}"))?;
+    let sim = start_on(settings, listener, shutdown.clone()).await?;
     println!("gateway simulator listening on {}", sim.base_url());
     super::wait_for_signal().await;
     shutdown.cancel();

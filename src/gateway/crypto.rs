@@ -136,6 +136,13 @@ impl RsaPublicKey {
         pem::encode(&pem::Pem::new("PUBLIC KEY", self.spki.clone()))
     }
 
+    /// `sha256:` and the lower-case hex SHA-256 of the SPKI DER: names the key
+    /// without carrying it (the simulator's identity compares these).
+    pub fn sha256_fingerprint(&self) -> String {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &self.spki);
+        format!("sha256:{}", hex::encode(digest))
+    }
+
     /// Verifies a Base64 SHA256withRSA signature. Any malformed input is simply `false`.
     pub fn verify_sha256_base64(&self, message: &[u8], signature_b64: &str) -> bool {
         let Ok(sig) = B64.decode(signature_b64.trim()) else {

@@ -16,6 +16,9 @@
 //!   `{"status","rejected"}`.
 //! - `GET /sim/payments/{out_trade_no}?channel=` — the simulator's view of a
 //!   payment, its refunds and notification deliveries.
+//! - `GET /sim/identity` — the simulator's ids and the SHA-256 fingerprints of
+//!   its public keys (`identity.rs`): how a daemon tells a simulator it can
+//!   share from anything else listening at `simulator.listen`.
 
 use std::sync::Arc;
 
@@ -31,6 +34,7 @@ use serde_json::{json, Value};
 use crate::domain::{Channel, Money};
 
 use super::faults::FaultRequest;
+use super::identity::SimIdentity;
 use super::state::{Payment, TradeStatus};
 use super::wechat_bill::{self, BillType};
 use super::{alipay_bill, notify, Ctx};
@@ -43,6 +47,11 @@ pub fn routes() -> Router<Arc<Ctx>> {
         .route("/sim/bill", get(bill))
         .route("/sim/probe", post(probe))
         .route("/sim/payments/{out_trade_no}", get(payment))
+        .route("/sim/identity", get(identity))
+}
+
+async fn identity(State(ctx): State<Arc<Ctx>>) -> Json<SimIdentity> {
+    Json(SimIdentity::of(&ctx.settings, &ctx.keys))
 }
 
 type Answer = (StatusCode, Json<Value>);

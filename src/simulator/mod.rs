@@ -9,6 +9,7 @@ mod alipay_bill;
 mod alipay_proto;
 mod control;
 mod faults;
+pub mod identity;
 mod keys;
 mod notify;
 mod state;
@@ -35,6 +36,7 @@ use crate::config::SimulatorSettings;
 use crate::domain::Channel;
 
 pub use faults::{FaultRequest, Faults};
+pub use identity::SimIdentity;
 pub use keys::SimKeys;
 pub use wechat_auth::{parse_authorization, verify_request, AuthError, Authorization, Merchant};
 
