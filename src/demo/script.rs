@@ -252,7 +252,7 @@ async fn pay_all(http: &reqwest::Client, sim: &str, orders: &[Order]) -> usize {
         .await
 }
 
-/// A buyer pays at the simulator (CONTRACT §5 `POST /sim/pay`).
+/// A buyer pays at the simulator (docs/contract.md §5 `POST /sim/pay`).
 async fn sim_pay(
     http: &reqwest::Client,
     sim: &str,

@@ -73,7 +73,7 @@ impl Tap {
         })
     }
 
-    /// Publishes one request (CONTRACT §3) and waits for the broker's confirm.
+    /// Publishes one request (docs/contract.md §3) and waits for the broker's confirm.
     pub async fn request(&mut self, kind: &str, data: Value) -> anyhow::Result<()> {
         self.sent += 1;
         let body = json!({

@@ -6,7 +6,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::BasicProperties;
 use serde::Serialize;
 
-/// The reason text of CONTRACT §2.
+/// The reason text of docs/contract.md §2.
 pub const ERROR_HEADER: &str = "x-payrecon-error";
 /// When the daemon dead-lettered the message (AMQP timestamp, seconds).
 pub const DEAD_LETTERED_AT_HEADER: &str = "x-payrecon-dead-lettered-at";
