@@ -2,7 +2,7 @@
 //! middle of a 20,000-request stream (issue 15). Each test runs its own
 //! private RabbitMQ node or PostgreSQL cluster (tests/faults/services.rs)
 //! and restarts that one; the shared servers are never touched beyond the
-//! test's own database or prefix.
+//! broker test's own database on the shared PostgreSQL.
 
 use std::collections::HashSet;
 use std::sync::LazyLock;
@@ -14,7 +14,7 @@ use sqlx::PgPool;
 use tokio::time::Instant;
 
 use crate::common::readiness::{wait_readyz, ReadinessWatch};
-use crate::common::{TestEnv, AMQP};
+use crate::common::TestEnv;
 use crate::services::{PrivatePostgres, PrivateRabbit};
 use crate::stream::{queue_depth, wait_count, Delivered, Stream, StreamReport, Tap};
 
@@ -124,12 +124,17 @@ async fn broker_restarts_midstream_lose_nothing() {
 async fn database_restarts_midstream_lose_nothing() {
     let _serial = SERIAL.lock().await;
     let pg = PrivatePostgres::start("pr").await;
+    // A broker of its own too: the test then needs nothing shared, and a
+    // shared broker under other tests' load cannot slow the recovery.
+    let rabbit = PrivateRabbit::start("rd").await;
+    let url = rabbit.amqp_url();
     let mut env = TestEnv::new("frdb");
     env.settings.database.url = Secret(pg.url(&env.name));
-    let tap = Tap::declare(AMQP, &env.names()).await;
+    env.settings.amqp.url = Secret(url.clone());
+    let tap = Tap::declare(&url, &env.names()).await;
     let (daemon, base) = ready_daemon(with_fast_jobs(env.settings.clone())).await;
     let watch = ReadinessWatch::start(base.clone());
-    let stream = Stream::start(AMQP.into(), env.names().requests, "dbr", MESSAGES, RATE);
+    let stream = Stream::start(url.clone(), env.names().requests, "dbr", MESSAGES, RATE);
     let mut outages = Vec::new();
     stream.wait_sent(MESSAGES / 3, 300).await;
     let blip = ReadinessWatch::start(base.clone());
@@ -163,7 +168,7 @@ async fn database_restarts_midstream_lose_nothing() {
     let db = PgPool::connect(env.settings.database.url.expose())
         .await
         .expect("test db");
-    check_each_once(&db, AMQP, &env, &tap, &report, &outages).await;
+    check_each_once(&db, &url, &env, &tap, &report, &outages).await;
     assert_eq!(watch.no_answer(), 0, "/readyz went unanswered");
     assert!(watch.finish().await);
     db.close().await;
