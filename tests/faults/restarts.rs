@@ -291,3 +291,52 @@ async fn check_each_once(
         got.copies,
     );
 }
+
+/// The relay runs beside the consumers and is dropped mid-pass when they
+/// fail (every broker restart). A BEGIN dropped before its answer came
+/// must not leave a pooled connection inside a transaction: each drop
+/// below lands at another point of `store::begin`, and after each the
+/// pool's only connection must be back outside any transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn begin_dropped_midway_leaves_no_open_transaction() {
+    let env = TestEnv::new("frbegin");
+    payrecon::store::connect(&env.settings.database)
+        .await
+        .expect("test db")
+        .close()
+        .await;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(env.settings.database.url.expose())
+        .await
+        .expect("pool");
+    let mut leaked = 0;
+    for i in 0..2000 {
+        {
+            let begin = payrecon::store::begin(&pool);
+            tokio::pin!(begin);
+            let mut done = false;
+            for _ in 0..i % 80 {
+                if futures::poll!(begin.as_mut()).is_ready() {
+                    done = true;
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            if !done && i % 2 == 1 {
+                let _ = tokio::time::timeout(Duration::from_millis(1), begin).await;
+            }
+        }
+        // SAVEPOINT works only inside a transaction block.
+        let outside = sqlx::query("SAVEPOINT probe").execute(&pool).await.is_err();
+        if !outside {
+            leaked += 1;
+            sqlx::query("ROLLBACK")
+                .execute(&pool)
+                .await
+                .expect("rollback");
+        }
+    }
+    pool.close().await;
+    assert_eq!(leaked, 0, "connections left inside a transaction");
+}
