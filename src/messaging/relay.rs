@@ -123,7 +123,8 @@ pub async fn relay_once(
     link: &mut ConfirmLink,
     exchange: &str,
 ) -> Result<Round, RelayOnceError> {
-    let mut tx = pool.begin().await?;
+    // Cancel-safe: the supervisor drops this pass when a consumer fails.
+    let mut tx = crate::store::begin(pool).await?;
     let Some(turn) = outbox::take_relay_turn(&mut tx).await? else {
         return Ok(Round::default());
     };

@@ -23,6 +23,21 @@ use crate::config::DatabaseSettings;
 
 pub type Tx<'a> = sqlx::Transaction<'a, sqlx::Postgres>;
 
+/// `pool.begin()` that a caller dropped mid-way cannot leave half done.
+/// sqlx 0.8 counts a transaction only once BEGIN has been answered, so a
+/// future dropped while waiting for that answer hands the pool back a
+/// connection still inside a transaction, where the next borrower's
+/// writes stay uncommitted and its locks held (transact-rs/sqlx#4393). The
+/// relay is dropped that way whenever a broker restart ends its session.
+/// Spawned, the BEGIN always completes, and a transaction nobody is left
+/// to take is dropped there, which rolls it back.
+pub async fn begin(pool: &PgPool) -> Result<Tx<'static>, sqlx::Error> {
+    let pool = pool.clone();
+    tokio::spawn(async move { pool.begin().await })
+        .await
+        .map_err(|_| sqlx::Error::WorkerCrashed)?
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database: {0}")]

@@ -236,7 +236,8 @@ pub async fn reclaim(pool: &PgPool) -> Result<usize, StoreError> {
 
 async fn reclaim_slot(pool: &PgPool, slot: i64) -> Result<bool, StoreError> {
     let table = format!("outbox_s{slot}");
-    let mut tx = pool.begin().await?;
+    // The relay calls this, and may be dropped mid-call (see `super::begin`).
+    let mut tx = super::begin(pool).await?;
     sqlx::query("SELECT set_config('lock_timeout', '100ms', true)")
         .execute(&mut *tx)
         .await?;

@@ -15,6 +15,8 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use payrecon::config::{GatewayMode, Secret, Settings};
 use serde_json::Value;
 
+pub mod readiness;
+
 pub const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 

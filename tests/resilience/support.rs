@@ -3,8 +3,6 @@
 //! exactly once.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::options::QueueDeclareOptions;
@@ -15,6 +13,7 @@ use tokio::time::Instant;
 
 use payrecon::app::Daemon;
 
+pub use crate::common::readiness::{wait_readyz, ReadinessWatch};
 use crate::common::{place_data, Broker, TestEnv, PG_ADMIN};
 
 /// Runs a shell-free command and returns its stdout; panics with stderr on failure.
@@ -113,84 +112,6 @@ pub async fn allow_connections(admin: &PgPool, db: &str, allow: bool) {
     .execute(admin)
     .await
     .expect("alter database");
-}
-
-async fn readyz_status(client: &reqwest::Client, base: &str) -> Option<u16> {
-    client
-        .get(format!("{base}/readyz"))
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .ok()
-        .map(|r| r.status().as_u16())
-}
-
-/// Polls `/readyz` until it answers `status`, or panics after `secs`.
-pub async fn wait_readyz(base: &str, status: u16, secs: u64) {
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let got = readyz_status(&client, base).await;
-        if got == Some(status) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/readyz still {got:?}, want {status} after {secs}s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Polls `/readyz` in the background as fast as it answers, remembering
-/// whether it ever said 503: an outage may last only a few hundred ms, and
-/// must be seen whenever it happens relative to the command that caused it.
-pub struct ReadinessWatch {
-    saw_unready: Arc<AtomicBool>,
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl ReadinessWatch {
-    pub fn start(base: String) -> ReadinessWatch {
-        let saw_unready = Arc::new(AtomicBool::new(false));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (saw, halt) = (saw_unready.clone(), stop.clone());
-        let task = tokio::spawn(async move {
-            let client = reqwest::Client::new();
-            while !halt.load(Ordering::SeqCst) {
-                if readyz_status(&client, &base).await == Some(503) {
-                    saw.store(true, Ordering::SeqCst);
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        });
-        ReadinessWatch {
-            saw_unready,
-            stop,
-            task,
-        }
-    }
-
-    pub fn saw_unready(&self) -> bool {
-        self.saw_unready.load(Ordering::SeqCst)
-    }
-
-    /// Waits (bounded) until a 503 has been seen.
-    pub async fn wait_unready(&self, secs: u64) {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        while !self.saw_unready() {
-            assert!(Instant::now() < deadline, "/readyz never answered 503");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    pub async fn finish(self) -> bool {
-        self.stop.store(true, Ordering::SeqCst);
-        let saw = self.saw_unready();
-        let _ = self.task.await;
-        saw || self.saw_unready.load(Ordering::SeqCst)
-    }
 }
 
 /// Publishes `order.place` requests `<tag>-<i>` for i in `range`, `gap` apart.
