@@ -248,6 +248,60 @@ async fn an_interrupted_replay_loses_nothing() {
     assert_eq!(back.len(), 150);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_replay_loses_nothing() {
+    const N: u32 = 600;
+    let env = TestEnv::new("dlqkill");
+    let broker = Broker::connect(&env).await;
+    let names = env.names();
+    let bodies = dead_letters(&env, &broker, N as usize, false).await;
+
+    let mut child = payrecon(&env)
+        .args(["dlq", "replay", "--all", "--queue", "requests"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // SIGKILL as soon as the first replays reach the work queue.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while depth(&broker, &names.requests).await == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), None, "killed mid-way, not finished");
+
+    // The broker returns what the killed process held; then nothing is missing.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let (in_work, in_dlq) = loop {
+        let (w, d) = (
+            depth(&broker, &names.requests).await,
+            depth(&broker, &names.requests_dlq).await,
+        );
+        if w + d >= N || tokio::time::Instant::now() > deadline {
+            break (w, d);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(in_work + in_dlq >= N, "{in_work} + {in_dlq} < {N}: lost");
+    assert!(in_dlq > 0, "the kill landed before the end");
+
+    let out = run(&env, &["dlq", "replay", "--all", "--queue", "requests"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stdout(&out).contains(&format!("replayed {in_dlq} ")));
+    wait_depth(&broker, &names.requests_dlq, 0).await;
+    let back = drain(&broker, &names.requests).await;
+    for body in &bodies {
+        assert!(
+            back.get(body).is_some_and(|n| (1..=2).contains(n)),
+            "lost or tripled"
+        );
+    }
+    let doubled = bodies.iter().filter(|b| back.get(*b) == Some(&2)).count();
+    assert!(doubled <= 64, "at most one batch doubled, got {doubled}");
+    eprintln!("killed after {in_work} replayed ({in_dlq} left); doubled {doubled}; lost 0");
+}
+
 /// A dead letter as the daemon marks it, dead-lettered `days_ago`.
 async fn old_dead_letter(broker: &Broker, rid: &str, days_ago: i64) {
     let at = chrono::Utc::now() - chrono::Duration::days(days_ago);
