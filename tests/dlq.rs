@@ -302,6 +302,42 @@ async fn a_killed_replay_loses_nothing() {
     eprintln!("killed after {in_work} replayed ({in_dlq} left); doubled {doubled}; lost 0");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_request_is_processed_once_even_when_doubled() {
+    let env = TestEnv::new("dlqvalid");
+    let mut broker = Broker::connect(&env).await;
+    let names = env.names();
+    let daemon = Daemon::start(env.settings.clone()).await.expect("daemon");
+    // A valid request dead-lettered (say, by a faulty release) twice over,
+    // as an interrupted replay would leave it.
+    let mut data = common::place_data("alipay");
+    data["order_id"] = json!(payrecon::domain::OrderId::generate().to_string());
+    let body = json!({"type": "order.place", "request_id": "replay-me",
+                      "sent_at": "2026-11-24T10:00:00+08:00", "data": data})
+    .to_string();
+    for _ in 0..2 {
+        let props = letter::mark(
+            BasicProperties::default(),
+            "faulty release",
+            chrono::Utc::now(),
+        );
+        publish_to_dlx(&broker, body.as_bytes(), props).await;
+    }
+    wait_depth(&broker, &names.requests_dlq, 2).await;
+
+    let out = run(&env, &["dlq", "replay", "--all"]);
+    assert!(stdout(&out).contains("replayed 2 "), "{}", stdout(&out));
+    let created = broker.wait_event("order.created", 20).await;
+    assert_eq!(created["request_id"], "replay-me");
+    broker.assert_quiet(1500).await;
+    assert_eq!(
+        depth(&broker, &names.requests_dlq).await,
+        0,
+        "processed, not dead-lettered again"
+    );
+    daemon.stop().await;
+}
+
 /// A dead letter as the daemon marks it, dead-lettered `days_ago`.
 async fn old_dead_letter(broker: &Broker, rid: &str, days_ago: i64) {
     let at = chrono::Utc::now() - chrono::Duration::days(days_ago);
