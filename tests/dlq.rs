@@ -248,6 +248,96 @@ async fn an_interrupted_replay_loses_nothing() {
     assert_eq!(back.len(), 150);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_replay_loses_nothing() {
+    const N: u32 = 600;
+    let env = TestEnv::new("dlqkill");
+    let broker = Broker::connect(&env).await;
+    let names = env.names();
+    let bodies = dead_letters(&env, &broker, N as usize, false).await;
+
+    let mut child = payrecon(&env)
+        .args(["dlq", "replay", "--all", "--queue", "requests"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // SIGKILL as soon as the first replays reach the work queue.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while depth(&broker, &names.requests).await == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), None, "killed mid-way, not finished");
+
+    // The broker returns what the killed process held; then nothing is missing.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let (in_work, in_dlq) = loop {
+        let (w, d) = (
+            depth(&broker, &names.requests).await,
+            depth(&broker, &names.requests_dlq).await,
+        );
+        if w + d >= N || tokio::time::Instant::now() > deadline {
+            break (w, d);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(in_work + in_dlq >= N, "{in_work} + {in_dlq} < {N}: lost");
+    assert!(in_dlq > 0, "the kill landed before the end");
+
+    let out = run(&env, &["dlq", "replay", "--all", "--queue", "requests"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stdout(&out).contains(&format!("replayed {in_dlq} ")));
+    wait_depth(&broker, &names.requests_dlq, 0).await;
+    let back = drain(&broker, &names.requests).await;
+    for body in &bodies {
+        assert!(
+            back.get(body).is_some_and(|n| (1..=2).contains(n)),
+            "lost or tripled"
+        );
+    }
+    let doubled = bodies.iter().filter(|b| back.get(*b) == Some(&2)).count();
+    assert!(doubled <= 64, "at most one batch doubled, got {doubled}");
+    eprintln!("killed after {in_work} replayed ({in_dlq} left); doubled {doubled}; lost 0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_request_is_processed_once_even_when_doubled() {
+    let env = TestEnv::new("dlqvalid");
+    let mut broker = Broker::connect(&env).await;
+    let names = env.names();
+    let daemon = Daemon::start(env.settings.clone()).await.expect("daemon");
+    // A valid request dead-lettered (say, by a faulty release) twice over,
+    // as an interrupted replay would leave it.
+    let mut data = common::place_data("alipay");
+    data["order_id"] = json!(payrecon::domain::OrderId::generate().to_string());
+    let body = json!({"type": "order.place", "request_id": "replay-me",
+                      "sent_at": "2026-11-24T10:00:00+08:00", "data": data})
+    .to_string();
+    for _ in 0..2 {
+        let props = letter::mark(
+            BasicProperties::default(),
+            "faulty release",
+            chrono::Utc::now(),
+        );
+        publish_to_dlx(&broker, body.as_bytes(), props).await;
+    }
+    wait_depth(&broker, &names.requests_dlq, 2).await;
+
+    let out = run(&env, &["dlq", "replay", "--all"]);
+    assert!(stdout(&out).contains("replayed 2 "), "{}", stdout(&out));
+    let created = broker.wait_event("order.created", 20).await;
+    assert_eq!(created["request_id"], "replay-me");
+    broker.assert_quiet(1500).await;
+    assert_eq!(
+        depth(&broker, &names.requests_dlq).await,
+        0,
+        "processed, not dead-lettered again"
+    );
+    daemon.stop().await;
+}
+
 /// A dead letter as the daemon marks it, dead-lettered `days_ago`.
 async fn old_dead_letter(broker: &Broker, rid: &str, days_ago: i64) {
     let at = chrono::Utc::now() - chrono::Duration::days(days_ago);

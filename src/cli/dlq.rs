@@ -4,15 +4,15 @@
 //! letter with the `--id` given.
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use clap::{ArgGroup, Subcommand, ValueEnum};
 use serde::Serialize;
 
 use super::exit;
+use super::progress::Progress;
 use crate::config::AmqpSettings;
-use crate::messaging::dlq::{Action, DeadLetter, DeadLetters, Sweep};
+use crate::messaging::dlq::{Action, DeadLetter, DeadLetters};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum QueueArg {
@@ -299,74 +299,6 @@ fn confirm(question: &str) -> std::io::Result<bool> {
     let mut answer = String::new();
     std::io::stdin().lock().read_line(&mut answer)?;
     Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes"))
-}
-
-/// A bar on a terminal; elsewhere a plain line at most every few seconds
-/// (and at the end), so logs of a long sweep show it is moving.
-struct Progress {
-    label: String,
-    bar: Option<indicatif::ProgressBar>,
-    started: Instant,
-    last_line: Instant,
-    last: Option<(Sweep, u64, &'static str)>,
-}
-
-impl Progress {
-    fn new(label: &str) -> Progress {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = indicatif::ProgressBar::new(0);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{prefix} {bar:30} {pos}/{len} looked at, {msg} ({per_sec}, {eta})",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            bar.set_prefix(label.to_string());
-            bar
-        });
-        Progress {
-            label: label.to_string(),
-            bar,
-            started: Instant::now(),
-            last_line: Instant::now(),
-            last: None,
-        }
-    }
-
-    fn update(&mut self, sweep: &Sweep, done: u64, verb: &'static str) {
-        match &self.bar {
-            Some(bar) => {
-                bar.set_length(sweep.total);
-                bar.set_position(sweep.seen);
-                bar.set_message(format!("{done} {verb}"));
-            }
-            None => {
-                self.last = Some((*sweep, done, verb));
-                if self.last_line.elapsed() >= Duration::from_secs(2) {
-                    self.line();
-                }
-            }
-        }
-    }
-
-    fn line(&mut self) {
-        if let Some((s, done, verb)) = self.last {
-            eprintln!(
-                "{}: {}/{} looked at, {done} {verb}",
-                self.label, s.seen, s.total
-            );
-        }
-        self.last_line = Instant::now();
-    }
-
-    fn finish(mut self) {
-        match self.bar.take() {
-            Some(bar) => bar.finish_and_clear(),
-            // A sweep long enough to have shown a line shows its last one too.
-            None if self.started.elapsed() >= Duration::from_secs(2) => self.line(),
-            None => {}
-        }
-    }
 }
 
 /// `7d`, `12h`, `90m`, `30s`, `2w`.

@@ -2,6 +2,7 @@
 //! not run, 3 not found. Every command's `--help` ends with an example.
 
 pub mod dlq;
+mod progress;
 pub mod recon;
 
 use std::path::PathBuf;

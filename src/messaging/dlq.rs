@@ -9,9 +9,10 @@
 //!   which is harmless here: the dead-letter queues are declared without a
 //!   delivery limit (`topology::declare`) and 3.10 has no default one. We
 //!   close the channel instead of `basic.nack(requeue)` because from 4.0 on
-//!   a return by channel close no longer counts as a failed delivery, so a
-//!   listing does not push a dead letter toward 4.x's default limit (20)
-//!   either; a requeueing nack would, up to 4.2.
+//!   a return by channel close no longer counts as a failed delivery (as
+//!   RabbitMQ's 4.0 notes have it; this 3.10 broker cannot show it), so a
+//!   listing would not push a dead letter toward 4.x's default limit (20)
+//!   either; a requeueing nack would.
 //! - A replayed letter is republished to its work queue (default exchange,
 //!   `mandatory`, publisher confirms) and acked in the dead-letter queue only
 //!   once the broker confirmed the republish. An interruption in between
