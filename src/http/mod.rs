@@ -10,6 +10,7 @@ pub mod recon;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 use sqlx::PgPool;
@@ -49,7 +50,12 @@ pub fn router(state: HttpState, extra: Option<Router>) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
-        .route("/notify/{channel}", post(notify::ingress))
+        .route(
+            "/notify/{channel}",
+            post(notify::ingress).layer(DefaultBodyLimit::max(
+                crate::gateway::MAX_NOTIFICATION_BODY_BYTES,
+            )),
+        )
         .with_state(state)
         .merge(protected)
 }
