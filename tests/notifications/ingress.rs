@@ -81,7 +81,9 @@ impl Ingress {
 
     /// POSTs raw bytes to the ingress: (status, body text).
     pub async fn post(&self, channel: &str, headers: &Headers, body: Vec<u8>) -> (u16, String) {
-        self.try_post(channel, headers, body).await.expect("ingress")
+        self.try_post(channel, headers, body)
+            .await
+            .expect("ingress")
     }
 
     /// Like `post`, but a connection the server closed is an answer too: a
