@@ -71,7 +71,12 @@ impl Ingress {
             daemon,
             broker,
             keys,
-            http: reqwest::Client::new(),
+            // No pooled connections: after a 413 the server closes the
+            // connection, and a pooled one would fail the next request.
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .expect("client"),
         }
     }
 
