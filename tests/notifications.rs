@@ -2,171 +2,24 @@
 //! and straight onto `P.notifications`: forged, probe, stale, wrong
 //! merchant/app id, replayed, unknown order. The notifications are built
 //! here from the simulator's key files with the crypto primitives alone, not
-//! with the adapters under test.
+//! with the adapters under test (`ingress`). The attack modules try every
+//! way of breaking the contract's promises for a hostile notification.
 
+#[path = "notifications/alipay_attacks.rs"]
+mod alipay_attacks;
 mod common;
+#[path = "notifications/ingress.rs"]
+mod ingress;
+#[path = "notifications/replay.rs"]
+mod replay;
+#[path = "notifications/wechat_attacks.rs"]
+mod wechat_attacks;
 
-use chrono::{Duration, FixedOffset, Utc};
-use common::{header_str, Broker, TestEnv};
-use payrecon::app::Daemon;
+use chrono::{Duration, Utc};
+use common::header_str;
+use ingress::Ingress;
 use payrecon::domain::OrderId;
-use payrecon::gateway::crypto::{aes_256_gcm_encrypt, RsaPrivateKey};
-use payrecon::simulator::SimKeys;
 use serde_json::{json, Value};
-
-struct Ingress {
-    env: TestEnv,
-    daemon: Daemon,
-    broker: Broker,
-    keys: SimKeys,
-    http: reqwest::Client,
-}
-
-impl Ingress {
-    async fn start(tag: &str) -> Ingress {
-        let env = TestEnv::new(tag);
-        let broker = Broker::connect(&env).await;
-        let daemon = Daemon::start(env.settings.clone()).await.expect("daemon");
-        let keys = SimKeys::load_or_create(env.keys_dir.path()).expect("keys");
-        // Until the broker session is up the ingress (rightly) answers 503.
-        let ready = format!("http://{}/readyz", daemon.http_addr);
-        for _ in 0..100 {
-            if reqwest::get(&ready)
-                .await
-                .map(|r| r.status() == 200)
-                .unwrap_or(false)
-            {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-        Ingress {
-            env,
-            daemon,
-            broker,
-            keys,
-            http: reqwest::Client::new(),
-        }
-    }
-
-    fn url(&self, channel: &str) -> String {
-        format!("http://{}/notify/{channel}", self.daemon.http_addr)
-    }
-
-    async fn post_wechat(&self, n: &(Vec<(String, String)>, String)) -> reqwest::Response {
-        let mut req = self
-            .http
-            .post(self.url("wechat_pay"))
-            .header("content-type", "application/json");
-        for (k, v) in &n.0 {
-            req = req.header(k, v);
-        }
-        req.body(n.1.clone()).send().await.expect("ingress")
-    }
-
-    async fn post_alipay(&self, body: String) -> reqwest::Response {
-        self.http
-            .post(self.url("alipay"))
-            .header(
-                "content-type",
-                "application/x-www-form-urlencoded; charset=utf-8",
-            )
-            .body(body)
-            .send()
-            .await
-            .expect("ingress")
-    }
-
-    async fn prepared_order(&mut self, method: &str) -> OrderId {
-        let id = self.broker.place_order(method).await;
-        let pay = json!({"order_id": id.to_string(), "amount": 3998, "payment_method": method});
-        self.broker
-            .request("payment.request", &format!("pay-{id}"), pay)
-            .await;
-        self.broker.wait_event("payment.prepared", 20).await;
-        id
-    }
-
-    fn wechat(
-        &self,
-        otn: &str,
-        amount: i64,
-        mchid: &str,
-        ts: i64,
-        signer: &RsaPrivateKey,
-    ) -> (Vec<(String, String)>, String) {
-        let s = &self.env.settings.simulator;
-        let beijing = FixedOffset::east_opt(8 * 3600).unwrap();
-        let resource = json!({
-            "mchid": mchid, "appid": s.wechat_appid, "out_trade_no": otn,
-            "transaction_id": format!("42000{}", &otn[..20]), "trade_type": "NATIVE",
-            "trade_state": "SUCCESS", "trade_state_desc": "支付成功", "bank_type": "OTHERS", "attach": "",
-            "success_time": Utc::now().with_timezone(&beijing).to_rfc3339(),
-            "payer": {"openid": "oTest"},
-            "amount": {"total": amount, "payer_total": amount, "currency": "CNY", "payer_currency": "CNY"},
-        });
-        let nonce = "a1b2c3d4e5f6";
-        let ciphertext = aes_256_gcm_encrypt(
-            self.keys.wechat_apiv3_key.as_bytes(),
-            nonce.as_bytes(),
-            b"transaction",
-            resource.to_string().as_bytes(),
-        )
-        .unwrap();
-        let body = json!({
-            "id": format!("EV-{}", uuid::Uuid::new_v4().simple()), "create_time": Utc::now().with_timezone(&beijing).to_rfc3339(),
-            "resource_type": "encrypt-resource", "event_type": "TRANSACTION.SUCCESS", "summary": "支付成功",
-            "resource": {"original_type": "transaction", "algorithm": "AEAD_AES_256_GCM", "ciphertext": ciphertext,
-                         "associated_data": "transaction", "nonce": nonce},
-        })
-        .to_string();
-        let header_nonce = uuid::Uuid::new_v4().simple().to_string();
-        let message = format!("{ts}\n{header_nonce}\n{body}\n");
-        let signature = signer.sign_sha256_base64(message.as_bytes()).unwrap();
-        let headers = vec![
-            ("Wechatpay-Timestamp".to_string(), ts.to_string()),
-            ("Wechatpay-Nonce".to_string(), header_nonce),
-            ("Wechatpay-Signature".to_string(), signature),
-            (
-                "Wechatpay-Serial".to_string(),
-                s.wechat_platform_serial.clone(),
-            ),
-            (
-                "Wechatpay-Signature-Type".to_string(),
-                "WECHATPAY2-SHA256-RSA2048".to_string(),
-            ),
-        ];
-        (headers, body)
-    }
-
-    fn alipay(&self, otn: &str, amount: &str, app_id: &str, signer: &RsaPrivateKey) -> String {
-        let mut fields = vec![
-            ("app_id", app_id.to_string()),
-            ("auth_app_id", app_id.to_string()),
-            ("charset", "utf-8".into()),
-            ("gmt_payment", "2026-11-25 12:00:05".into()),
-            ("notify_id", uuid::Uuid::new_v4().simple().to_string()),
-            ("notify_time", "2026-11-25 12:00:06".into()),
-            ("notify_type", "trade_status_sync".into()),
-            ("out_trade_no", otn.to_string()),
-            ("total_amount", amount.to_string()),
-            ("receipt_amount", amount.to_string()),
-            ("trade_no", format!("2026112522{}", &otn[..18])),
-            ("trade_status", "TRADE_SUCCESS".into()),
-            ("version", "1.0".into()),
-        ];
-        fields.sort();
-        let content = fields
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join("&");
-        let sign = signer.sign_sha256_base64(content.as_bytes()).unwrap();
-        fields.push(("sign_type", "RSA2".into()));
-        fields.push(("sign", sign));
-        serde_urlencoded::to_string(&fields).unwrap()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wechat_forged_stale_and_probe_get_401_and_enqueue_nothing() {

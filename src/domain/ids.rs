@@ -74,7 +74,7 @@ impl fmt::Display for RefundId {
 pub struct RequestId(String);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("request_id is empty or too long (requests: 1 to 64 characters)")]
+#[error("request_id is empty, too long (requests: 1 to 64 characters) or holds U+0000")]
 pub struct BadRequestId;
 
 impl RequestId {
@@ -83,10 +83,11 @@ impl RequestId {
     }
 
     /// A non-empty id of at most `max` characters (`parse` is the requests'
-    /// 1–64; notification ids are only required to be unique).
+    /// 1–64; notification ids are only required to be unique). U+0000 is
+    /// refused too: the id is stored as PostgreSQL text, which cannot hold it.
     pub fn parse_up_to(text: &str, max: usize) -> Result<Self, BadRequestId> {
         let chars = text.chars().count();
-        if chars == 0 || chars > max {
+        if chars == 0 || chars > max || text.contains('\0') {
             return Err(BadRequestId);
         }
         Ok(Self(text.to_string()))
@@ -129,5 +130,6 @@ mod tests {
         assert!(RequestId::parse("").is_err());
         assert!(RequestId::parse(&"x".repeat(65)).is_err());
         assert!(RequestId::parse(&"x".repeat(64)).is_ok());
+        assert!(RequestId::parse("a\0b").is_err());
     }
 }

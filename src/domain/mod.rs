@@ -11,6 +11,6 @@ pub use channel::{Channel, UnknownChannel};
 pub use ids::{BadRequestId, OrderId, RefundId, RequestId};
 pub use money::{format_signed_yuan, parse_signed_yuan, Money, MoneyError};
 pub use order::{
-    InvalidTransition, LineItem, NewOrder, Order, OrderEvent, OrderStatus, PaymentState,
-    PlaceError, RefundError,
+    InvalidTransition, LineItem, NewOrder, Order, OrderEvent, OrderStatus, PaymentAnomaly,
+    PaymentState, PaymentVerdict, PlaceError, RefundError,
 };

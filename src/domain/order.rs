@@ -31,6 +31,54 @@ pub enum OrderEvent {
     FullyRefunded,
 }
 
+impl OrderEvent {
+    /// The one event of CONTRACT §4 that reports this move; whoever makes
+    /// the move emits exactly this, once.
+    pub fn event_type(self) -> &'static str {
+        match self {
+            OrderEvent::PaymentConfirmed => "order.paid",
+            OrderEvent::Cancelled => "order.cancelled",
+            OrderEvent::Shipped => "order.shipped",
+            OrderEvent::ReceiptConfirmed => "order.completed",
+            OrderEvent::FullyRefunded => "order.refunded",
+        }
+    }
+}
+
+/// What a gateway's word that the order was paid does to it (CONTRACT §3):
+/// decided here, with no I/O, for notifications, queries and
+/// reconciliation alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaymentVerdict {
+    /// pending_payment → paid; reported by `order.paid`.
+    Confirmed,
+    /// Paid already (a replay, or learned twice): nothing changes, nothing
+    /// is emitted.
+    AlreadyPaid,
+    /// Not moved to paid; reported by `payment.anomaly` and recorded for
+    /// the next reconciliation.
+    Anomaly(PaymentAnomaly),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaymentAnomaly {
+    /// The gateway's amount is not the order's total.
+    AmountMismatch,
+    /// The order was cancelled before the payment was learned of.
+    PaidAfterCancel,
+}
+
+impl PaymentVerdict {
+    /// The event this verdict is reported by, if any.
+    pub fn event_type(self) -> Option<&'static str> {
+        match self {
+            PaymentVerdict::Confirmed => Some(OrderEvent::PaymentConfirmed.event_type()),
+            PaymentVerdict::AlreadyPaid => None,
+            PaymentVerdict::Anomaly(_) => Some("payment.anomaly"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("an order in status {} cannot take {event:?}", from.as_str())]
 pub struct InvalidTransition {
@@ -257,6 +305,30 @@ impl Order {
         self.gateway_transaction_id = Some(transaction_id.to_string());
         self.paid_at = Some(paid_at);
         Ok(())
+    }
+
+    /// The gateway says `amount` was paid in `transaction_id`: moves the
+    /// order to paid only when it waits for exactly that amount.
+    pub fn apply_gateway_payment(
+        &mut self,
+        transaction_id: &str,
+        amount: Money,
+        paid_at: DateTime<Utc>,
+    ) -> Result<PaymentVerdict, InvalidTransition> {
+        Ok(match self.status {
+            OrderStatus::PendingPayment if amount != self.total_amount => {
+                PaymentVerdict::Anomaly(PaymentAnomaly::AmountMismatch)
+            }
+            OrderStatus::PendingPayment => {
+                self.mark_paid(transaction_id, amount, paid_at)?;
+                PaymentVerdict::Confirmed
+            }
+            OrderStatus::Cancelled => PaymentVerdict::Anomaly(PaymentAnomaly::PaidAfterCancel),
+            OrderStatus::Paid
+            | OrderStatus::Shipped
+            | OrderStatus::Completed
+            | OrderStatus::Refunded => PaymentVerdict::AlreadyPaid,
+        })
     }
 
     pub fn cancel(&mut self, reason: &str, now: DateTime<Utc>) -> Result<(), InvalidTransition> {

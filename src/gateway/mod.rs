@@ -106,6 +106,13 @@ pub struct DownloadedBill {
     pub expected_sha1: Option<String>,
 }
 
+/// The largest notification body accepted, at the HTTP edge and again on
+/// `P.notifications`. Real ones are a few KiB (WeChat Pay: one encrypted
+/// transaction; Alipay: one form of ~30 fields); 64 KiB leaves room for
+/// long `attach`/`body` fields while keeping a hostile sender from making
+/// the worker hash, verify and queue megabytes per request.
+pub const MAX_NOTIFICATION_BODY_BYTES: usize = 64 * 1024;
+
 /// A verified, decrypted notification, reduced to what the worker acts on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Notification {

@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 use sqlx::PgPool;
@@ -90,7 +91,12 @@ pub fn router(state: HttpState, extra: Option<Router>) -> Router {
             auth::require_token,
         ));
     let notify = Router::new()
-        .route("/notify/{channel}", post(notify::ingress))
+        .route(
+            "/notify/{channel}",
+            post(notify::ingress).layer(DefaultBodyLimit::max(
+                crate::gateway::MAX_NOTIFICATION_BODY_BYTES,
+            )),
+        )
         .layer(gate)
         .with_state(state.clone());
     Router::new()

@@ -6,6 +6,7 @@
 //! if the broker did not take it the gateway gets a 5xx and sends it again.
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -22,13 +23,24 @@ pub async fn ingress(
     State(s): State<HttpState>,
     Path(channel): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let Ok(channel) = channel.parse::<Channel>() else {
         return (StatusCode::NOT_FOUND, "unknown channel").into_response();
     };
     let Some(gateway) = s.gateways.get(&channel) else {
         return (StatusCode::NOT_FOUND, "channel not enabled").into_response();
+    };
+    // Over the route's body limit (MAX_NOTIFICATION_BODY_BYTES) or cut
+    // short: answered in the gateway's own failure format, never enqueued.
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            tracing::warn!(channel = %channel, error = %rejection, "refused a notification body");
+            metrics::counter!("payrecon_notifications_rejected_total", "channel" => channel.as_str())
+                .increment(1);
+            return fail(channel, rejection.status(), &rejection.body_text());
+        }
     };
     let lowered: Headers = headers
         .iter()

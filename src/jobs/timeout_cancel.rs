@@ -19,7 +19,7 @@ use serde_json::json;
 use sqlx::PgPool;
 
 use super::{Job, JobCounts, JobError};
-use crate::domain::{Channel, OrderStatus};
+use crate::domain::{Channel, OrderEvent, OrderStatus};
 use crate::gateway::{CloseOutcome, Gateway, GatewayError, PaymentStatus, TradeState};
 use crate::messaging::contracts::Event;
 use crate::store::jobs::{self as store, ExpiredOrder};
@@ -272,7 +272,7 @@ async fn cancel_pending(
         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
     orders::update(conn, &order, OrderStatus::PendingPayment).await?;
     let event = Event::for_order(
-        "order.cancelled",
+        OrderEvent::Cancelled.event_type(),
         &order,
         None,
         json!({ "reason": CANCEL_REASON }),

@@ -9,7 +9,9 @@ use sqlx::PgConnection;
 
 use super::contracts::Event;
 use super::requests::{Envelope, Request};
-use crate::domain::{Money, Order, OrderId, OrderStatus, PaymentState, RefundError, RefundId};
+use crate::domain::{
+    Money, Order, OrderEvent, OrderId, OrderStatus, PaymentState, RefundError, RefundId,
+};
 use crate::store::refunds::{self, Refund, RefundStatus};
 use crate::store::tasks::{self, NewTask, TaskKind};
 use crate::store::{inbox, orders, outbox, StoreError};
@@ -178,15 +180,25 @@ async fn dispatch(
         } => {
             let carrier = carrier.clone();
             let tracking_no = tracking_no.clone();
-            transition(conn, *order_id, rid, "order.shipped", Value::Null, |o| {
-                o.ship(carrier, tracking_no, now)
-            })
+            transition(
+                conn,
+                *order_id,
+                rid,
+                OrderEvent::Shipped,
+                Value::Null,
+                |o| o.ship(carrier, tracking_no, now),
+            )
             .await
         }
         Request::ConfirmReceipt { order_id } => {
-            transition(conn, *order_id, rid, "order.completed", Value::Null, |o| {
-                o.confirm_receipt(now)
-            })
+            transition(
+                conn,
+                *order_id,
+                rid,
+                OrderEvent::ReceiptConfirmed,
+                Value::Null,
+                |o| o.confirm_receipt(now),
+            )
             .await
         }
         Request::Refund {
@@ -221,7 +233,7 @@ async fn transition(
     conn: &mut PgConnection,
     id: OrderId,
     rid: Option<&str>,
-    event: &str,
+    event: OrderEvent,
     extra: Value,
     step: impl FnOnce(&mut Order) -> Result<(), crate::domain::InvalidTransition>,
 ) -> Handled {
@@ -234,7 +246,11 @@ async fn transition(
         return Ok(Err(reject("invalid_state", e.to_string())));
     }
     orders::update(conn, &order, expected).await?;
-    outbox::enqueue(conn, &Event::for_order(event, &order, rid, extra)).await?;
+    outbox::enqueue(
+        conn,
+        &Event::for_order(event.event_type(), &order, rid, extra),
+    )
+    .await?;
     Ok(Ok(()))
 }
 
@@ -272,7 +288,7 @@ async fn cancel(
         conn,
         id,
         rid,
-        "order.cancelled",
+        OrderEvent::Cancelled,
         json!({ "reason": reason }),
         |o| o.cancel(&reason, now),
     )

@@ -16,7 +16,7 @@ use tracing::Instrument;
 use super::consumer::{BatchProcessor, BatchResult, ProcessError};
 use super::requests::parse_notification_envelope;
 use crate::domain::Channel;
-use crate::gateway::{Gateway, Headers, Notification, RefundState};
+use crate::gateway::{Gateway, Headers, Notification, RefundState, MAX_NOTIFICATION_BODY_BYTES};
 use crate::payments::{settle_by_out_refund_no, RefundOutcome};
 use crate::store::payments::{confirm_payment, GatewayPayment, PaidSource};
 use crate::store::{inbox, StoreError};
@@ -61,6 +61,13 @@ impl NotificationProcessor {
         }
         let data: NotificationData = NotificationData::deserialize(&env.body)
             .map_err(|e| format!("invalid_request: {e}"))?;
+        // The edge's limit again: the queue may be fed by something else.
+        if data.body.len() > MAX_NOTIFICATION_BODY_BYTES {
+            return Err(format!(
+                "invalid_request: notification body of {} bytes exceeds the limit of {MAX_NOTIFICATION_BODY_BYTES}",
+                data.body.len()
+            ));
+        }
         let gateway = self
             .gateways
             .get(&data.channel)

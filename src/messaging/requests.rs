@@ -119,8 +119,53 @@ fn invalid(raw: &serde_json::Map<String, Value>, message: impl Into<String>) -> 
             .get("request_id")
             .and_then(Value::as_str)
             .and_then(|s| RequestId::parse(s).ok()),
-        request_type: raw.get("type").and_then(Value::as_str).map(str::to_string),
+        request_type: readable_type(raw.get("type").and_then(Value::as_str)),
         message: message.into(),
+    }
+}
+
+/// The type as the rejection may repeat it (it is stored as text).
+fn readable_type(kind: Option<&str>) -> Option<String> {
+    kind.filter(|k| !k.contains('\0')).map(str::to_string)
+}
+
+/// What can still be read of a body that is not JSON a `Value` can hold,
+/// e.g. one with a number like `1e400` (out of range for a float) or nested
+/// deeper than the parser's limit: serde skips the other fields without
+/// converting their numbers or building their nesting, so the sender can
+/// still be told with `request.rejected`. One pass per field, so an
+/// ill-typed `type` does not hide a good `request_id`.
+#[derive(Deserialize)]
+struct HeadId {
+    request_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct HeadType {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+}
+
+fn unreadable(body: &[u8], message: String) -> Invalid {
+    let id = serde_json::from_slice::<HeadId>(body).ok();
+    let kind = serde_json::from_slice::<HeadType>(body).ok();
+    Invalid {
+        request_id: id
+            .and_then(|h| h.request_id)
+            .and_then(|s| RequestId::parse(&s).ok()),
+        request_type: readable_type(kind.as_ref().and_then(|h| h.kind.as_deref())),
+        message,
+    }
+}
+
+/// PostgreSQL text and jsonb cannot hold U+0000; a request carrying it
+/// anywhere is invalid here rather than a database error later.
+fn has_nul(v: &Value) -> bool {
+    match v {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
     }
 }
 
@@ -130,7 +175,16 @@ pub const MAX_NOTIFICATION_ID_CHARS: usize = 512;
 
 /// Parses the outer envelope of `P.requests` (request ids of 1–64 characters).
 pub fn parse_envelope(body: &[u8]) -> Result<Envelope<Value>, Invalid> {
-    parse_envelope_with(body, RequestId::parse)
+    let env = parse_envelope_with(body, RequestId::parse)?;
+    // JSON can only spell U+0000 as an escape: look for one before walking.
+    if body.windows(6).any(|w| w == b"\\u0000") && (env.kind.contains('\0') || has_nul(&env.body)) {
+        return Err(Invalid {
+            request_id: Some(env.request_id),
+            request_type: readable_type(Some(&env.kind)),
+            message: "strings must not contain U+0000".into(),
+        });
+    }
+    Ok(env)
 }
 
 /// Parses the outer envelope of `P.notifications`.
@@ -144,11 +198,8 @@ fn parse_envelope_with(
     body: &[u8],
     parse_id: impl Fn(&str) -> Result<RequestId, crate::domain::BadRequestId>,
 ) -> Result<Envelope<Value>, Invalid> {
-    let raw: Value = serde_json::from_slice(body).map_err(|e| Invalid {
-        request_id: None,
-        request_type: None,
-        message: format!("body is not JSON: {e}"),
-    })?;
+    let raw: Value = serde_json::from_slice(body)
+        .map_err(|e| unreadable(body, format!("body is not JSON: {e}")))?;
     let Value::Object(mut map) = raw else {
         return Err(Invalid {
             request_id: None,
@@ -192,7 +243,7 @@ pub fn parse_request(body: &[u8]) -> Result<Envelope<Request>, Invalid> {
     let env = parse_envelope(body)?;
     let fail = |message: String| Invalid {
         request_id: Some(env.request_id.clone()),
-        request_type: Some(env.kind.clone()),
+        request_type: readable_type(Some(&env.kind)),
         message,
     };
     let request = parse_data(&env.kind, &env.body).map_err(fail)?;

@@ -6,7 +6,7 @@ use chrono::Utc;
 use serde_json::json;
 
 use super::{Payments, Step};
-use crate::domain::OrderStatus;
+use crate::domain::{OrderEvent, OrderStatus};
 use crate::gateway::{CloseOutcome, PaymentStatus};
 use crate::messaging::contracts::Event;
 use crate::store::payments::{confirm_payment, GatewayPayment, PaidSource};
@@ -109,7 +109,12 @@ async fn cancel_order(
             orders::update(&mut tx, &order, OrderStatus::PendingPayment).await?;
             outbox::enqueue(
                 &mut tx,
-                &Event::for_order("order.cancelled", &order, rid, json!({ "reason": reason })),
+                &Event::for_order(
+                    OrderEvent::Cancelled.event_type(),
+                    &order,
+                    rid,
+                    json!({ "reason": reason }),
+                ),
             )
             .await?;
         }

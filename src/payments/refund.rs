@@ -7,7 +7,7 @@ use serde_json::json;
 use sqlx::PgConnection;
 
 use super::{Payments, Step};
-use crate::domain::{OrderStatus, RefundId};
+use crate::domain::{OrderEvent, OrderStatus, RefundId};
 use crate::gateway::{RefundRequest, RefundState, RefundStatus as GatewayRefund};
 use crate::messaging::contracts::Event;
 use crate::store::refunds::{self, RefundStatus};
@@ -199,7 +199,7 @@ pub async fn settle_refund(
         outbox::enqueue(
             conn,
             &Event::for_order(
-                "order.refunded",
+                OrderEvent::FullyRefunded.event_type(),
                 &order,
                 rid.as_deref(),
                 serde_json::Value::Null,

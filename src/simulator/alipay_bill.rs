@@ -216,8 +216,8 @@ pub fn issue_download(
     {
         let mut store = ctx.store();
         store.sweep_bills(now);
-        store.bills.insert(
-            token.clone(),
+        store.put_bill(
+            &token,
             BillFile {
                 bytes,
                 content_type: "application/octet-stream",
@@ -243,7 +243,7 @@ pub async fn download(
         let now = Utc::now();
         let file = query.get("token").and_then(|t| {
             let store = ctx.store();
-            store.bills.get(t).filter(|b| b.expires_at > now).cloned()
+            store.bill(t, now)
         });
         let Some(file) = file else {
             return plain(StatusCode::NOT_FOUND, "link expired or unknown".into());

@@ -143,7 +143,8 @@ pub struct Store {
     pub by_transaction: HashMap<(Channel, String), String>,
     /// WeChat refunds are looked up by `out_refund_no` alone.
     pub wechat_refunds: HashMap<String, String>,
-    pub bills: HashMap<String, BillFile>,
+    /// Download links by the SHA-256 of their token (see `put_bill`).
+    bills: HashMap<Vec<u8>, BillFile>,
 }
 
 impl Store {
@@ -177,6 +178,28 @@ impl Store {
     pub fn sweep_bills(&mut self, now: DateTime<Utc>) {
         self.bills.retain(|_, b| b.expires_at > now);
     }
+
+    /// A download token is a capability, so it is kept only as its SHA-256:
+    /// a lookup compares digests, and how long that takes tells a guesser
+    /// nothing about the token itself (a map keyed by the token would
+    /// compare the secret with `==`).
+    pub fn put_bill(&mut self, token: &str, file: BillFile) {
+        self.bills.insert(token_digest(token), file);
+    }
+
+    /// The file behind `token` while its link is valid.
+    pub fn bill(&self, token: &str, now: DateTime<Utc>) -> Option<BillFile> {
+        self.bills
+            .get(&token_digest(token))
+            .filter(|b| b.expires_at > now)
+            .cloned()
+    }
+}
+
+fn token_digest(token: &str) -> Vec<u8> {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes())
+        .as_ref()
+        .to_vec()
 }
 
 /// Unique gateway-style numbers: a per-process counter plus the date keeps

@@ -294,8 +294,8 @@ pub fn trade_bill(
     {
         let mut store = ctx.store();
         store.sweep_bills(now);
-        store.bills.insert(
-            token.clone(),
+        store.put_bill(
+            &token,
             BillFile {
                 bytes,
                 content_type: "application/octet-stream",
@@ -317,7 +317,7 @@ pub fn trade_bill(
 pub fn download(ctx: &Ctx, query: &HashMap<String, String>, now: DateTime<Utc>) -> Response<Body> {
     let file = query.get("token").and_then(|t| {
         let store = ctx.store();
-        store.bills.get(t).filter(|b| b.expires_at > now).cloned()
+        store.bill(t, now)
     });
     let Some(file) = file else {
         return error(

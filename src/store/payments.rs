@@ -8,7 +8,9 @@ use serde_json::json;
 use sqlx::PgConnection;
 
 use super::{orders, outbox, StoreError};
-use crate::domain::{Channel, Money, Order, OrderId, OrderStatus};
+use crate::domain::{
+    Channel, Money, Order, OrderEvent, OrderId, OrderStatus, PaymentAnomaly, PaymentVerdict,
+};
 use crate::messaging::contracts::Event;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +35,15 @@ pub enum AnomalyKind {
     AmountMismatch,
     PaidAfterCancel,
     UnknownOrder,
+}
+
+impl From<PaymentAnomaly> for AnomalyKind {
+    fn from(a: PaymentAnomaly) -> Self {
+        match a {
+            PaymentAnomaly::AmountMismatch => AnomalyKind::AmountMismatch,
+            PaymentAnomaly::PaidAfterCancel => AnomalyKind::PaidAfterCancel,
+        }
+    }
 }
 
 impl AnomalyKind {
@@ -79,26 +90,14 @@ pub async fn confirm_payment(
         record_anomaly(conn, AnomalyKind::UnknownOrder, payment, None, request_id).await?;
         return Ok(ConfirmOutcome::Anomaly(AnomalyKind::UnknownOrder));
     };
-    match order.status {
-        OrderStatus::PendingPayment if payment.amount != order.total_amount => {
-            record_anomaly(
-                conn,
-                AnomalyKind::AmountMismatch,
-                payment,
-                Some(&order),
-                request_id,
-            )
-            .await?;
-            Ok(ConfirmOutcome::Anomaly(AnomalyKind::AmountMismatch))
-        }
-        OrderStatus::PendingPayment => {
-            let expected = order.status;
-            order
-                .mark_paid(&payment.transaction_id, payment.amount, payment.paid_at)
-                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            orders::update(conn, &order, expected).await?;
+    let verdict = order
+        .apply_gateway_payment(&payment.transaction_id, payment.amount, payment.paid_at)
+        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    match verdict {
+        PaymentVerdict::Confirmed => {
+            orders::update(conn, &order, OrderStatus::PendingPayment).await?;
             let event = Event::for_order(
-                "order.paid",
+                OrderEvent::PaymentConfirmed.event_type(),
                 &order,
                 request_id,
                 json!({ "source": source.as_str() }),
@@ -106,21 +105,12 @@ pub async fn confirm_payment(
             outbox::enqueue(conn, &event).await?;
             Ok(ConfirmOutcome::Confirmed(order))
         }
-        OrderStatus::Cancelled => {
-            record_anomaly(
-                conn,
-                AnomalyKind::PaidAfterCancel,
-                payment,
-                Some(&order),
-                request_id,
-            )
-            .await?;
-            Ok(ConfirmOutcome::Anomaly(AnomalyKind::PaidAfterCancel))
+        PaymentVerdict::Anomaly(anomaly) => {
+            let kind = AnomalyKind::from(anomaly);
+            record_anomaly(conn, kind, payment, Some(&order), request_id).await?;
+            Ok(ConfirmOutcome::Anomaly(kind))
         }
-        OrderStatus::Paid
-        | OrderStatus::Shipped
-        | OrderStatus::Completed
-        | OrderStatus::Refunded => {
+        PaymentVerdict::AlreadyPaid => {
             if order.gateway_transaction_id.as_deref() != Some(payment.transaction_id.as_str()) {
                 tracing::warn!(order_id = %order.order_id, gateway_transaction_id = %payment.transaction_id,
                     "payment reported with another transaction id for an order already paid");
