@@ -153,6 +153,8 @@ async fn wait_for_signal() {
 /// A running daemon: what `payrecon run` is, and what tests start in-process.
 pub struct Daemon {
     pub http_addr: SocketAddr,
+    /// This daemon's name in `job_runs.instance`: which runs it claimed.
+    pub instance: String,
     pub simulator_base_url: Option<String>,
     pub pool: PgPool,
     shutdown: CancellationToken,
@@ -214,7 +216,7 @@ impl Daemon {
             shutdown.clone(),
         ));
         tasks.spawn(payments.clone().run(wake_payments, shutdown.clone()));
-        wiring::spawn_jobs(&settings, &pool, &gateways, &mut tasks, &shutdown)?;
+        let instance = wiring::spawn_jobs(&settings, &pool, &gateways, &mut tasks, &shutdown)?;
         let state = http::HttpState {
             pool: pool.clone(),
             broker,
@@ -232,9 +234,10 @@ impl Daemon {
                 tracing::error!(error = %e, "http server failed");
             }
         });
-        tracing::info!(http = %http_addr, prefix = %settings.amqp.prefix, "payrecon running");
+        tracing::info!(http = %http_addr, prefix = %settings.amqp.prefix, %instance, "payrecon running");
         Ok(Daemon {
             http_addr,
+            instance,
             simulator_base_url,
             pool,
             shutdown,

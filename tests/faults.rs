@@ -1,0 +1,9 @@
+//! Fault tests: the daemon under conditions that try to break it.
+
+mod common;
+
+#[path = "faults/scale_support.rs"]
+mod scale_support;
+
+#[path = "faults/many_instances.rs"]
+mod many_instances;
