@@ -220,8 +220,32 @@ async fn a_daemon_killed_mid_stream_leaves_its_work_to_the_other_two() {
 
     let tally = collect(&mut broker, ORDERS, true, SETTLE_SECS).await;
     let duration = started.elapsed();
+    // The killed run's claim (a 60 s lease) is still open: the other two
+    // did not wait it out to go on cancelling.
+    let killed_run_open = count(
+        &pool,
+        &format!(
+            "SELECT count(*) FROM job_runs WHERE finished_at IS NULL \
+             AND job = 'timeout_cancel' AND instance LIKE '%{victim_tag}%'"
+        ),
+    )
+    .await;
     tally.assert_each_once(&ids, true);
+    // At-least-once: a relay killed after the broker confirmed a chunk and
+    // before it recorded so leaves that chunk to be published again, with
+    // the same event ids. Never more than the one chunk.
+    assert!(
+        tally.redeliveries() <= 500,
+        "{} redeliveries",
+        tally.redeliveries()
+    );
     assert_settled(&pool, ORDERS).await;
+    if mid_run {
+        assert_eq!(
+            killed_run_open, 1,
+            "the work waited for the killed run's lease to run out"
+        );
+    }
     let inbox = count(
         &pool,
         "SELECT count(*) FROM inbox WHERE outcome = 'processed'",
