@@ -2,6 +2,8 @@
 
 mod common;
 
+#[path = "faults/scale_runs.rs"]
+mod scale_runs;
 #[path = "faults/scale_support.rs"]
 mod scale_support;
 

@@ -14,9 +14,9 @@ use payrecon::domain::{Channel, LineItem, Money, NewOrder, Order, OrderId};
 use sqlx::PgPool;
 
 use crate::common::Broker;
+use crate::scale_runs::{assert_no_instance_overlaps_itself, collect, slots, wait_runs_closed};
 use crate::scale_support::{
-    assert_no_instance_overlaps_itself, assert_settled, collect, count, fleet_env, place_orders,
-    queue_depth, slots, start_binary, start_daemons, wait_runs_closed,
+    assert_settled, count, fleet_env, place_orders, queue_depth, start_binary, start_daemons,
 };
 
 const ORDERS: usize = 6_000;
