@@ -25,6 +25,8 @@ pub struct Tally {
     /// An event_id delivered again for another type or order: never allowed.
     pub reused_ids: Vec<String>,
     pub other: usize,
+    /// `occurred_at` of each `order.cancelled` delivery.
+    pub cancelled_at: Vec<DateTime<Utc>>,
 }
 
 impl Tally {
@@ -35,6 +37,12 @@ impl Tally {
             .unwrap_or_default()
             .to_string();
         let event_id = e["event_id"].as_str().unwrap_or_default().to_string();
+        if kind == "order.cancelled" {
+            let at = e["occurred_at"].as_str().unwrap_or_default();
+            if let Ok(at) = DateTime::parse_from_rfc3339(at) {
+                self.cancelled_at.push(at.with_timezone(&Utc));
+            }
+        }
         let target = match kind.as_str() {
             "order.created" => &mut self.created,
             "order.cancelled" => &mut self.cancelled,
