@@ -1,6 +1,7 @@
 //! Fault tests: the daemon against failures of its dependencies and of
-//! itself. Tests that stop or restart a service start private instances of
-//! it (faults/services.rs) and never touch the shared servers.
+//! itself, under conditions that try to break it. Tests that stop or restart
+//! a service start private instances of it (faults/services.rs) and never
+//! touch the shared servers.
 
 mod common;
 
@@ -11,3 +12,11 @@ mod stream;
 
 #[path = "faults/restarts.rs"]
 mod restarts;
+
+#[path = "faults/scale_runs.rs"]
+mod scale_runs;
+#[path = "faults/scale_support.rs"]
+mod scale_support;
+
+#[path = "faults/many_instances.rs"]
+mod many_instances;

@@ -159,6 +159,8 @@ async fn wait_for_signal() {
 /// A running daemon: what `payrecon run` is, and what tests start in-process.
 pub struct Daemon {
     pub http_addr: SocketAddr,
+    /// This daemon's name in `job_runs.instance`: which runs it claimed.
+    pub instance: String,
     pub simulator_base_url: Option<String>,
     pub pool: PgPool,
     shutdown: CancellationToken,
@@ -265,6 +267,7 @@ impl Starting {
         // From here a failure drops `daemon`, which stops what runs.
         let mut daemon = Daemon {
             http_addr,
+            instance: String::new(),
             simulator_base_url,
             pool: pool.clone(),
             shutdown: shutdown.disarm(),
@@ -305,9 +308,10 @@ impl Starting {
             shutdown.clone(),
         ));
         tasks.spawn(payments.clone().run(wake_payments, shutdown.clone()));
-        wiring::spawn_jobs(&settings, &pool, &gateways, tasks, &shutdown)?;
+        let instance = wiring::spawn_jobs(&settings, &pool, &gateways, tasks, &shutdown)?;
         started.set();
-        tracing::info!(http = %http_addr, prefix = %settings.amqp.prefix, "payrecon running");
+        tracing::info!(http = %http_addr, prefix = %settings.amqp.prefix, %instance, "payrecon running");
+        daemon.instance = instance;
         Ok(daemon)
     }
 }

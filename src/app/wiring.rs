@@ -62,21 +62,23 @@ pub fn recon_runner(
 }
 
 /// The cron-scheduled jobs; each slot runs once across all instances.
+/// Returns the instance id the scheduler records with the runs it claims.
 pub fn spawn_jobs(
     settings: &Settings,
     pool: &PgPool,
     gateways: &Gateways,
     tasks: &mut JoinSet<()>,
     shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<String> {
     let mut scheduler = crate::jobs::Scheduler::new();
+    let instance = scheduler.instance().to_string();
     crate::jobs::add_timeout_cancel(&mut scheduler, settings, pool.clone(), gateways.clone())
         .context("jobs.timeout_cancel")?;
     let recon = ReconContext::from_settings(settings, pool.clone(), gateways.clone());
     crate::jobs::reconcile::daily::add_reconcile(&mut scheduler, settings, recon)
         .context("jobs.reconcile")?;
     tasks.spawn(scheduler.run(pool.clone(), shutdown.clone()));
-    Ok(())
+    Ok(instance)
 }
 
 pub fn recon_routes(pool: &PgPool) -> Option<axum::Router> {

@@ -62,6 +62,16 @@ pub trait Job: Send + Sync {
     fn catch_up_on_first_start(&self) -> bool {
         true
     }
+
+    /// Whether a slot that comes while another run of the job is still
+    /// going is skipped (the default: reconciliation must not run twice at
+    /// once). A job whose runs take their work under row locks says false:
+    /// the slot then runs beside the one still going, so a backlog longer
+    /// than the interval is shared by the instances instead of being
+    /// carried by one while the others skip.
+    fn exclusive(&self) -> bool {
+        true
+    }
 }
 
 /// What a run did, by name (`cancelled`, `paid`, …); stored as JSONB with

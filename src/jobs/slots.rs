@@ -34,7 +34,12 @@ impl SlotRun<'_> {
                 .acquire()
                 .await
                 .map_err(crate::store::StoreError::from)?;
-            store::claim_slot(&mut conn, self.name, slot, self.instance, now, now + lease).await?
+            let (name, instance, until) = (self.name, self.instance, now + lease);
+            if self.job.exclusive() {
+                store::claim_slot(&mut conn, name, slot, instance, now, until).await?
+            } else {
+                store::claim_slot_alongside(&mut conn, name, slot, instance, now, until).await?
+            }
         };
         let run_id = match claim {
             Claim::Taken => {

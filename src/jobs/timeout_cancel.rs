@@ -293,4 +293,11 @@ impl Job for TimeoutCancel {
     async fn run_once(&self, _slot: DateTime<Utc>) -> Result<JobCounts, JobError> {
         self.run_at(Utc::now()).await
     }
+
+    /// Runs share a backlog through `FOR UPDATE SKIP LOCKED` and the
+    /// timeout lease, so a slot need not wait for a run still going: with
+    /// it skipped, one instance would carry a backlog of thousands alone.
+    fn exclusive(&self) -> bool {
+        false
+    }
 }

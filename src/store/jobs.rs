@@ -70,6 +70,31 @@ pub async fn claim_slot(
     now: DateTime<Utc>,
     lease_until: DateTime<Utc>,
 ) -> Result<Claim, StoreError> {
+    claim(conn, job, slot, instance, (now, lease_until), true).await
+}
+
+/// Claims `(job, slot)` for a job whose runs may overlap (`Job::exclusive`
+/// false): the slot is still run once across instances, but a run still
+/// going elsewhere does not skip it.
+pub async fn claim_slot_alongside(
+    conn: &mut PgConnection,
+    job: &str,
+    slot: DateTime<Utc>,
+    instance: &str,
+    now: DateTime<Utc>,
+    lease_until: DateTime<Utc>,
+) -> Result<Claim, StoreError> {
+    claim(conn, job, slot, instance, (now, lease_until), false).await
+}
+
+async fn claim(
+    conn: &mut PgConnection,
+    job: &str,
+    slot: DateTime<Utc>,
+    instance: &str,
+    (now, lease_until): (DateTime<Utc>, DateTime<Utc>),
+    exclusive: bool,
+) -> Result<Claim, StoreError> {
     let mut tx = conn.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('payrecon.job_runs:' || $1, 0))")
         .bind(job)
@@ -105,6 +130,10 @@ pub async fn claim_slot(
         tx.commit().await?;
         return Ok(Claim::Taken);
     };
+    if !exclusive {
+        tx.commit().await?;
+        return Ok(Claim::Claimed { run_id });
+    }
     let running: Option<i64> = sqlx::query_scalar(
         "SELECT id FROM job_runs WHERE job = $1 AND finished_at IS NULL AND id <> $2 \
          ORDER BY id LIMIT 1",
