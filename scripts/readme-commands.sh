@@ -25,6 +25,7 @@ disposition() {
     "cargo run --release -- run"*) echo "skip: the daemon itself; this script starts it as \`payrecon run\`" ;;
     "cargo test"*) echo "skip: .ci/run runs it" ;;
     "payrecon gateway-sim"* | "PAYRECON__SIMULATOR__EMBEDDED=false"*) echo "skip: long-running; tests/shared_simulator/binary.rs runs gateway-sim and two \`payrecon run\` with embedded=false" ;;
+    "payrecon dlq replay --id"*) echo "skip: the id is an example; tests/dlq.rs replays by id" ;;
     "cargo run --release -- demo"*) echo "skip: tests/demo.rs runs \`payrecon demo\` (the same binary, a debug build)" ;;
     "docker compose"*) echo "skip: needs a Docker engine; this script checks compose.yaml with \`docker compose config\` when a compose client is installed" ;;
     *"--bill-file"*) echo "skip: needs a bill file from the gateway's portal; tests/recon.rs runs --bill-file on real-format files" ;;
