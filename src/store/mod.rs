@@ -119,12 +119,12 @@ fn connect_options(settings: &DatabaseSettings) -> Result<PgConnectOptions, Stor
 pub async fn connect_existing(settings: &DatabaseSettings) -> Result<PgPool, StoreError> {
     let options = PgConnectOptions::from_str(settings.url.expose())
         .map_err(|e| StoreError::Url(e.to_string()))?;
-    Ok(PgPoolOptions::new()
+    PgPoolOptions::new()
         .max_connections(settings.max_connections.max(2))
         .acquire_timeout(Duration::from_secs(5))
         .connect_with(options.clone().disable_statement_logging())
         .await
-        .map_err(|e| connect_error(&options, e))?)
+        .map_err(|e| connect_error(&options, e))
 }
 
 /// A failed connection said with the address and user it tried (never the
