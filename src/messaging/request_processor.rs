@@ -130,6 +130,13 @@ impl BatchProcessor for RequestProcessor {
                 let kind = inv.request_type.clone().unwrap_or_else(|| "unknown".into());
                 metrics::counter!("payrecon_messages_total", "queue" => "requests", "type" => kind, "outcome" => "invalid").increment(1);
             }
+            // Dead-lettered after a processing failure: counted too, so the
+            // message rates by outcome add up to what was consumed.
+            for i in poison.keys() {
+                if let Some(Ok(env)) = parsed.get(*i) {
+                    metrics::counter!("payrecon_messages_total", "queue" => "requests", "type" => env.kind.clone(), "outcome" => "failed").increment(1);
+                }
+            }
             dead_letters.extend(poison);
             // Only requests other than order.place schedule gateway work.
             let scheduled_work = parsed
