@@ -62,6 +62,14 @@ impl AmqpSettings {
             .map(|u| Secret(u.to_string()))
             .collect()
     }
+
+    /// The first broker of `url`, for one-off tools (dlq, demo).
+    pub fn first_url(&self) -> Secret {
+        self.urls()
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| self.url.clone())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
