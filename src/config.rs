@@ -12,6 +12,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::domain::Channel;
 
+mod secret_files;
 mod sources;
 use sources::{check_url, describe_figment, merge_env_strings};
 
@@ -33,14 +34,42 @@ pub struct Settings {
 pub struct DatabaseSettings {
     pub url: Secret,
     pub max_connections: u32,
+    /// A file whose content replaces the password in `url` (see secret_files).
+    #[serde(default)]
+    pub password_file: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpSettings {
+    /// One broker URL, or several separated by commas: the daemon moves to
+    /// the next when one is lost or refuses it.
     pub url: Secret,
     pub prefix: String,
     pub prefetch: u16,
+    #[serde(default)]
+    pub password_file: String,
+}
+
+impl AmqpSettings {
+    /// The brokers of `url`, in the order they are tried.
+    pub fn urls(&self) -> Vec<Secret> {
+        self.url
+            .expose()
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(|u| Secret(u.to_string()))
+            .collect()
+    }
+
+    /// The first broker of `url`, for one-off tools (dlq, demo).
+    pub fn first_url(&self) -> Secret {
+        self.urls()
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| self.url.clone())
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -48,6 +77,8 @@ pub struct AmqpSettings {
 pub struct HttpSettings {
     pub listen: String,
     pub api_token: Secret,
+    #[serde(default)]
+    pub api_token_file: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -111,6 +142,8 @@ pub struct WechatPaySettings {
     pub platform_public_key: String,
     pub platform_serial: String,
     pub apiv3_key: Secret,
+    #[serde(default)]
+    pub apiv3_key_file: String,
     pub notify_url: String,
 }
 
@@ -149,15 +182,18 @@ impl Default for Settings {
             database: DatabaseSettings {
                 url: Secret("postgres://postgres@127.0.0.1:5432/payrecon".into()),
                 max_connections: 10,
+                password_file: String::new(),
             },
             amqp: AmqpSettings {
                 url: Secret("amqp://guest:guest@127.0.0.1:5672/%2f".into()),
                 prefix: "payrecon".into(),
                 prefetch: 256,
+                password_file: String::new(),
             },
             http: HttpSettings {
                 listen: "127.0.0.1:8080".into(),
                 api_token: Secret(String::new()),
+                api_token_file: String::new(),
             },
             orders: OrderSettings {
                 pay_timeout: ms(30 * 60 * 1000),
@@ -188,6 +224,7 @@ impl Default for Settings {
                     platform_public_key: String::new(),
                     platform_serial: String::new(),
                     apiv3_key: Secret(String::new()),
+                    apiv3_key_file: String::new(),
                     notify_url: "http://127.0.0.1:8080/notify/wechat_pay".into(),
                 },
                 alipay: AlipaySettings {
@@ -261,7 +298,8 @@ impl Settings {
                 .map(|k| k.as_str().to_lowercase().into()),
         );
         // Lossy: numbers and booleans may arrive as strings from the environment.
-        let settings: Settings = fig.extract_lossy().map_err(Box::new)?;
+        let mut settings: Settings = fig.extract_lossy().map_err(Box::new)?;
+        secret_files::apply(&mut settings)?;
         settings.validate()?;
         Ok(settings)
     }
@@ -278,7 +316,13 @@ impl Settings {
             &self.database.url,
             &["postgres", "postgresql"],
         )?;
-        check_url("amqp.url", &self.amqp.url, &["amqp"])?;
+        let brokers = self.amqp.urls();
+        if brokers.is_empty() {
+            return invalid("amqp.url", "must name at least one broker");
+        }
+        for url in &brokers {
+            check_url("amqp.url", url, &["amqp"])?;
+        }
         if self.amqp.prefix.is_empty() {
             return invalid("amqp.prefix", "must not be empty");
         }

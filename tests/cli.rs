@@ -222,3 +222,88 @@ fn run_says_why_the_broker_refuses() {
         assert_eq!(status.code(), Some(0), "{text}");
     }
 }
+
+/// The status line of `GET /readyz` at `addr`, or None while nothing answers.
+fn readyz(addr: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .ok()?;
+    write!(s, "GET /readyz HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.lines().next().map(str::to_string)
+}
+
+/// The broker password from a file (`amqp.password_file`, as a mounted
+/// secret, set through the environment): a wrong one is refused with the
+/// one-line login error and never shown; the right one runs. A missing file
+/// stops startup naming the key and the path.
+#[test]
+fn the_broker_password_comes_from_a_file() {
+    let env = TestEnv::new("clipwfile");
+    let pw_file = env.keys_dir.path().join("amqp-password");
+    // The URL's own password is wrong: only the file's can make it run.
+    let url = "amqp://guest:Url-Pw-Not-Used-5d@127.0.0.1:5672/%2f";
+    for (password, runs) in [("File-Pw-Wrong-7e3a\n", false), ("guest\n", true)] {
+        std::fs::write(&pw_file, password).unwrap();
+        let log = env.keys_dir.path().join("pwfile.log");
+        let http = format!("127.0.0.1:{}", free_port());
+        let mut child = payrecon(&env)
+            .arg("run")
+            .env("PAYRECON__AMQP__URL", url)
+            .env("PAYRECON__AMQP__PASSWORD_FILE", &pw_file)
+            .env("PAYRECON__HTTP__LISTEN", &http)
+            .env(
+                "PAYRECON__SIMULATOR__LISTEN",
+                format!("127.0.0.1:{}", free_port()),
+            )
+            .env("PAYRECON__SIMULATOR__KEYS_DIR", env.keys_dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+        let refused = "RabbitMQ at 127.0.0.1:5672 refused the login of user guest: \
+                       wrong user or password";
+        let mut ready = false;
+        while std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            let said = std::fs::read_to_string(&log).unwrap_or_default();
+            ready = readyz(&http).is_some_and(|l| l.contains(" 200"));
+            if (runs && ready) || (!runs && said.contains(refused)) {
+                break;
+            }
+        }
+        let pid = child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let status = child.wait().unwrap();
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if runs {
+            assert!(ready, "never ready with the file's password:\n{text}");
+            assert!(!text.contains("refused the login"), "{text}");
+        } else {
+            let line = text
+                .lines()
+                .find(|l| l.contains(refused))
+                .unwrap_or_else(|| panic!("never said {refused:?}:\n{text}"));
+            assert!(!line.contains("File-Pw-Wrong"), "{line}");
+            assert!(!ready, "ready with a wrong password:\n{text}");
+        }
+        for secret in ["File-Pw-Wrong", "Url-Pw-Not-Used"] {
+            assert!(!text.contains(secret), "{secret} in:\n{text}");
+        }
+        assert_eq!(status.code(), Some(0), "{text}");
+    }
+
+    let missing = env.keys_dir.path().join("no-such-password");
+    let out = payrecon(&env)
+        .env("PAYRECON__AMQP__PASSWORD_FILE", &missing)
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = one_line(&out.stderr);
+    assert!(err.contains("amqp.password_file"), "{err}");
+    assert!(err.contains(&missing.display().to_string()), "{err}");
+}

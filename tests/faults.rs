@@ -20,3 +20,6 @@ mod scale_support;
 
 #[path = "faults/many_instances.rs"]
 mod many_instances;
+
+#[path = "faults/broker_failover.rs"]
+mod broker_failover;

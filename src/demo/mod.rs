@@ -87,7 +87,8 @@ fn demo_settings(settings: &Settings, name: &str) -> anyhow::Result<Settings> {
 /// Drops the demo's database and deletes its queues and exchanges.
 async fn remove(s: &Settings, name: &str) -> anyhow::Result<()> {
     let names = Names::new(name);
-    let conn = Connection::connect(s.amqp.url.expose(), ConnectionProperties::default()).await?;
+    let conn =
+        Connection::connect(s.amqp.first_url().expose(), ConnectionProperties::default()).await?;
     let ch = conn.create_channel().await?;
     for q in [
         &names.requests,

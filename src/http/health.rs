@@ -25,7 +25,13 @@ pub async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
     };
     (
         status,
-        axum::Json(serde_json::json!({ "database": r.database, "broker": r.broker })),
+        axum::Json(serde_json::json!({
+            "database": r.database,
+            "broker": r.broker,
+            // Which of amqp.url's brokers the daemon is on (host:port), null
+            // while it is on none.
+            "broker_address": s.broker.address(),
+        })),
     )
 }
 

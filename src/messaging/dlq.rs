@@ -91,7 +91,16 @@ impl DeadLetters {
     pub async fn connect(amqp: &AmqpSettings) -> Result<DeadLetters, DlqError> {
         let props = ConnectionProperties::default()
             .with_connection_name(format!("payrecon-dlq-{}", amqp.prefix).into());
-        let conn = Connection::connect(amqp.url.expose(), props).await?;
+        // The first of the brokers that answers, as the daemon would.
+        let urls = amqp.urls();
+        let mut conn = Connection::connect(amqp.first_url().expose(), props.clone()).await;
+        for url in urls.iter().skip(1) {
+            if conn.is_ok() {
+                break;
+            }
+            conn = Connection::connect(url.expose(), props.clone()).await;
+        }
+        let conn = conn?;
         Ok(DeadLetters {
             conn,
             names: Names::new(&amqp.prefix),

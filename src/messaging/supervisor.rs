@@ -4,6 +4,10 @@
 //! and rebuilt with backoff. lapin's own recovery is not relied upon: after
 //! a reconnect every in-flight delivery comes again, and the inbox turns the
 //! replay into a no-op.
+//!
+//! With several brokers in `amqp.url`, a session that fails (lost, or never
+//! connected) hands over to the next address, round-robin: the consumers
+//! and the relay's link always move together, to one broker.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -23,7 +27,7 @@ use super::notification_processor::NotificationProcessor;
 use super::relay;
 use super::request_processor::RequestProcessor;
 use super::topology::{self, Names};
-use crate::config::AmqpSettings;
+use crate::config::{AmqpSettings, Secret};
 
 /// What the rest of the daemon sees of the broker.
 #[derive(Default)]
@@ -34,11 +38,18 @@ pub struct BrokerState {
     /// channel on: a passive declare of a missing queue closes its channel,
     /// so none of the working channels is lent out for it.
     connection: RwLock<Option<Arc<Connection>>>,
+    /// host:port of the live session's broker, for `/readyz`.
+    address: std::sync::Mutex<Option<String>>,
 }
 
 impl BrokerState {
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
+    }
+
+    /// host:port of the broker the live session is on (no credentials).
+    pub fn address(&self) -> Option<String> {
+        self.address.lock().map(|a| a.clone()).unwrap_or(None)
     }
 
     /// A confirm-mode channel of the live session, if there is one.
@@ -66,8 +77,15 @@ impl BrokerState {
         Some(depths)
     }
 
-    async fn set(&self, session: Option<(Arc<Connection>, Channel)>) {
+    async fn set(&self, session: Option<(Arc<Connection>, Channel, String)>) {
         self.ready.store(session.is_some(), Ordering::SeqCst);
+        let (session, address) = match session {
+            Some((conn, channel, address)) => (Some((conn, channel)), Some(address)),
+            None => (None, None),
+        };
+        if let Ok(mut a) = self.address.lock() {
+            *a = address;
+        }
         let (conn, channel) = session.unzip();
         *self.publisher.write().await = channel;
         *self.connection.write().await = conn;
@@ -116,10 +134,14 @@ pub async fn supervise(
         wakers: &wakers,
         shutdown: &shutdown,
     };
+    let urls = amqp.urls();
+    let mut next = 0;
     let mut pause = FIRST_PAUSE;
     while !shutdown.is_cancelled() {
         let mut established = false;
-        match session(&shared, &mut established).await {
+        let url = &urls[next % urls.len()];
+        next = (next + 1) % urls.len();
+        match session(&shared, url, &mut established).await {
             Ok(()) => break,
             Err(e) => {
                 state.set(None).await;
@@ -129,7 +151,10 @@ pub async fn supervise(
                     // instead of after the backoff of outages long past.
                     pause = FIRST_PAUSE;
                 }
-                tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, "broker session ended; reconnecting");
+                let to = broker_error::parse_url(urls[next].expose())
+                    .map(|u| broker_error::address(&u))
+                    .unwrap_or_default();
+                tracing::warn!(error = %e, retry_in_ms = pause.as_millis() as u64, next_broker = %to, "broker session ended; reconnecting");
                 metrics::counter!("payrecon_broker_reconnects_total").increment(1);
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
@@ -176,7 +201,11 @@ struct Shared<'a> {
 
 /// One connection's life. `established` is set once it consumes, so the
 /// supervisor can tell a new outage from a broker that never came back.
-async fn session(shared: &Shared<'_>, established: &mut bool) -> Result<(), SessionError> {
+async fn session(
+    shared: &Shared<'_>,
+    url: &Secret,
+    established: &mut bool,
+) -> Result<(), SessionError> {
     let Shared {
         amqp,
         names,
@@ -191,7 +220,7 @@ async fn session(shared: &Shared<'_>, established: &mut bool) -> Result<(), Sess
     // daemon a connection on a shared broker belongs to.
     let props = ConnectionProperties::default()
         .with_connection_name(format!("payrecon-{}", amqp.prefix).into());
-    let uri = broker_error::parse_url(amqp.url.expose())?;
+    let uri = broker_error::parse_url(url.expose())?;
     let conn = Connection::connect_uri(uri.clone(), props)
         .await
         .map_err(|e| broker_error::describe(&uri, &e))?;
@@ -200,11 +229,8 @@ async fn session(shared: &Shared<'_>, established: &mut bool) -> Result<(), Sess
     let publisher = confirm_channel(&conn).await?;
     // Events go out on a link of their own (see confirm_link), named apart
     // from the consuming connection.
-    let link = ConfirmLink::connect(
-        amqp.url.expose(),
-        &format!("payrecon-{}-events", amqp.prefix),
-    )
-    .await?;
+    let link =
+        ConfirmLink::connect(url.expose(), &format!("payrecon-{}-events", amqp.prefix)).await?;
     let spec = |queue: &str| ConsumerSpec {
         queue: queue.to_string(),
         dlx: names.dlx.clone(),
@@ -237,9 +263,12 @@ async fn session(shared: &Shared<'_>, established: &mut bool) -> Result<(), Sess
         wake.clone(),
         relay_done.clone(),
     );
-    state.set(Some((conn.clone(), publisher.clone()))).await;
+    let address = broker_error::address(&uri);
+    state
+        .set(Some((conn.clone(), publisher.clone(), address.clone())))
+        .await;
     *established = true;
-    tracing::info!(prefix = %amqp.prefix, "connected to the broker; consuming");
+    tracing::info!(prefix = %amqp.prefix, broker = %address, "connected to the broker; consuming");
     let consumers = async {
         tokio::try_join!(requests, notifications)?;
         // Consumers have settled their last batches; let the relay drain them.

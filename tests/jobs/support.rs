@@ -79,6 +79,7 @@ fn settings(name: &str) -> DatabaseSettings {
     DatabaseSettings {
         url: Secret(format!("postgres://postgres@127.0.0.1:5432/{name}")),
         max_connections: 8,
+        password_file: String::new(),
     }
 }
 

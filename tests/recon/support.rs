@@ -35,6 +35,7 @@ impl TestDb {
         let settings = DatabaseSettings {
             url: Secret(format!("postgres://postgres@127.0.0.1:5432/{name}")),
             max_connections: 5,
+            password_file: String::new(),
         };
         let pool = store::connect(&settings).await.expect("connect");
         TestDb { pool, name }
