@@ -16,6 +16,9 @@
 //!   `{"status","rejected"}`.
 //! - `GET /sim/payments/{out_trade_no}?channel=` — the simulator's view of a
 //!   payment, its refunds and notification deliveries.
+//! - `GET /sim/calls?since=SEQ` — the protocol calls after `SEQ` (default 0)
+//!   in arrival order: `seq`, `channel`, `op`, `out_trade_no`,
+//!   `out_refund_no`, `fault` (`answered`, `failed`, `timed_out`).
 
 use std::sync::Arc;
 
@@ -43,6 +46,7 @@ pub fn routes() -> Router<Arc<Ctx>> {
         .route("/sim/bill", get(bill))
         .route("/sim/probe", post(probe))
         .route("/sim/payments/{out_trade_no}", get(payment))
+        .route("/sim/calls", get(calls))
 }
 
 type Answer = (StatusCode, Json<Value>);
@@ -203,6 +207,16 @@ async fn probe(State(ctx): State<Arc<Ctx>>, Json(req): Json<ProbeRequest>) -> An
         StatusCode::OK,
         Json(json!({"status": status, "rejected": !acked})),
     )
+}
+
+#[derive(Deserialize)]
+struct CallsQuery {
+    since: Option<u64>,
+}
+
+async fn calls(State(ctx): State<Arc<Ctx>>, Query(q): Query<CallsQuery>) -> Answer {
+    let calls = ctx.calls().since(q.since.unwrap_or(0));
+    (StatusCode::OK, Json(json!(calls)))
 }
 
 #[derive(Deserialize)]
