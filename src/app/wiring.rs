@@ -29,7 +29,8 @@ pub async fn start_gateways(
     let simulated = (g.wechat_pay.enabled && g.wechat_pay.mode == GatewayMode::Simulator)
         || (g.alipay.enabled && g.alipay.mode == GatewayMode::Simulator);
     let base_url = if simulated {
-        let sim = start_simulator(settings, &settings.simulator.listen, shutdown.clone()).await?;
+        let opts = SimOptions::new(settings.simulator.clone());
+    let sim = start_simulator(opts, &settings.simulator.listen, shutdown.clone()).await?;
         let url = sim.base_url();
         tasks.spawn(async move {
             if let Err(e) = sim.stopped().await {
@@ -45,14 +46,13 @@ pub async fn start_gateways(
 }
 
 async fn start_simulator(
-    settings: &Settings,
+    opts: SimOptions,
     listen: &str,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Simulator> {
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("simulator.listen {listen}"))?;
-    let opts = SimOptions::new(settings.simulator.clone());
     Simulator::start(opts, listener, shutdown)
         .await
         .context("simulator")
@@ -129,10 +129,20 @@ pub async fn recon_command(command: ReconCommand, settings: &Settings) -> anyhow
 }
 
 /// `payrecon gateway-sim`: the simulator alone, until SIGINT/SIGTERM.
-pub async fn gateway_sim(settings: &Settings, listen: Option<String>) -> anyhow::Result<i32> {
+/// `notify_retry` replaces both gateways' re-send schedules.
+pub async fn gateway_sim(
+    settings: &Settings,
+    listen: Option<String>,
+    notify_retry: Option<Vec<std::time::Duration>>,
+) -> anyhow::Result<i32> {
     let shutdown = CancellationToken::new();
     let listen = listen.unwrap_or_else(|| settings.simulator.listen.clone());
-    let sim = start_simulator(settings, &listen, shutdown.clone()).await?;
+    let mut opts = SimOptions::new(settings.simulator.clone());
+    if let Some(schedule) = notify_retry {
+        opts.wechat_notify_retry = schedule.clone();
+        opts.alipay_notify_retry = schedule;
+    }
+    let sim = start_simulator(opts, &listen, shutdown.clone()).await?;
     println!("gateway simulator listening on {}", sim.base_url());
     super::wait_for_signal().await;
     shutdown.cancel();
