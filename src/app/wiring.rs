@@ -30,7 +30,7 @@ pub async fn start_gateways(
         || (g.alipay.enabled && g.alipay.mode == GatewayMode::Simulator);
     let base_url = if simulated {
         let opts = SimOptions::new(settings.simulator.clone());
-    let sim = start_simulator(opts, &settings.simulator.listen, shutdown.clone()).await?;
+        let sim = start_simulator(opts, &settings.simulator.listen, shutdown.clone()).await?;
         let url = sim.base_url();
         tasks.spawn(async move {
             if let Err(e) = sim.stopped().await {

@@ -45,7 +45,13 @@ pub fn build_gateways(
     simulator_base_url: Option<&str>,
 ) -> Result<HashMap<Channel, Arc<dyn Gateway>>, GatewayError> {
     let mut gateways: HashMap<Channel, Arc<dyn Gateway>> = HashMap::new();
-    let timeout = |default: Duration| settings.retry.call_timeout.as_ref().map_or(default, |t| t.0);
+    let timeout = |default: Duration| {
+        settings
+            .retry
+            .call_timeout
+            .as_ref()
+            .map_or(default, |t| t.0)
+    };
     let sim = &settings.simulator;
     let keys = |file: &str| sim.keys_dir.join(file);
     let sim_key = |file: &str| format!("simulator.keys_dir ({})", keys(file).display());

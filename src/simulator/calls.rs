@@ -152,11 +152,18 @@ mod tests {
         let body = br#"{"out_trade_no":"abc123","out_refund_no":"r1"}"#;
         let l = CallLabel::wechat("POST", &["refund", "domestic", "refunds"], body);
         assert_eq!(
-            (l.op.as_str(), l.out_trade_no.as_deref(), l.out_refund_no.as_deref()),
+            (
+                l.op.as_str(),
+                l.out_trade_no.as_deref(),
+                l.out_refund_no.as_deref()
+            ),
             ("refund", Some("abc123"), Some("r1"))
         );
         let l = CallLabel::wechat("GET", &["pay", "transactions", "out-trade-no", "x9"], b"");
-        assert_eq!((l.op.as_str(), l.out_trade_no.as_deref()), ("query", Some("x9")));
+        assert_eq!(
+            (l.op.as_str(), l.out_trade_no.as_deref()),
+            ("query", Some("x9"))
+        );
         let l = CallLabel::alipay(
             "alipay.trade.fastpay.refund.query",
             Some(r#"{"out_trade_no":"o","out_request_no":"q"}"#),
