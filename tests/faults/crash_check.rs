@@ -167,15 +167,20 @@ pub async fn verify(
         let first: Vec<_> = rejected.iter().take(5).collect();
         problems.push(format!("{} rejected requests: {first:?}", rejected.len()));
     }
-    let unsettled: i64 = sqlx::query_scalar(
-        "SELECT (SELECT count(*) FROM outbox WHERE published_at IS NULL) \
-              + (SELECT count(*) FROM gateway_tasks WHERE state <> 'done') \
+    let mut conn = pool.acquire().await.expect("conn");
+    let unpublished = payrecon::store::outbox::count_unpublished(&mut conn)
+        .await
+        .expect("outbox");
+    drop(conn);
+    let unsettled: i64 = unpublished
+        + sqlx::query_scalar::<_, i64>(
+            "SELECT (SELECT count(*) FROM gateway_tasks WHERE state <> 'done') \
               + (SELECT count(*) FROM refunds WHERE status <> 'succeeded') \
               + (SELECT count(*) FROM payment_anomalies)",
-    )
-    .fetch_one(pool)
-    .await
-    .expect("unsettled");
+        )
+        .fetch_one(pool)
+        .await
+        .expect("unsettled");
     if unsettled != 0 {
         lost += unsettled as usize;
         problems.push(format!(
