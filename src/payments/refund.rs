@@ -101,7 +101,7 @@ pub(super) async fn attempt(p: &Payments, task: &Task) -> Result<Step, StoreErro
 
 async fn mark_processing(p: &Payments, id: RefundId) -> Result<(), StoreError> {
     let mut conn = p.pool.acquire().await?;
-    refunds::set_status(&mut conn, id, RefundStatus::Processing, None, None).await
+    refunds::mark_processing(&mut conn, id).await
 }
 
 async fn apply(
