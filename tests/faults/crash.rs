@@ -108,7 +108,7 @@ impl Plan {
 }
 
 fn method(i: usize) -> &'static str {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         "wechat_pay"
     } else {
         "alipay"

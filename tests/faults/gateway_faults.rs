@@ -22,7 +22,7 @@ const REFUNDS: usize = 500;
 const TOTAL: i64 = 3998;
 
 fn method(i: usize) -> &'static str {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         "wechat_pay"
     } else {
         "alipay"
