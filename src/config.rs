@@ -93,6 +93,10 @@ pub struct RetrySettings {
     pub max_attempts: u32,
     pub base_delay: HumanDuration,
     pub max_delay: HumanDuration,
+    /// How long one gateway call may take before its outcome counts as
+    /// unknown. Unset: 10 s against a live gateway, 5 s against the simulator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_timeout: Option<HumanDuration>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -202,6 +206,7 @@ impl Default for Settings {
                 max_attempts: 6,
                 base_delay: ms(200),
                 max_delay: ms(30_000),
+                call_timeout: None,
             },
             jobs: JobsSettings {
                 timeout_cancel: JobSchedule {
@@ -331,6 +336,13 @@ impl Settings {
         }
         if self.retry.max_attempts == 0 {
             return invalid("retry.max_attempts", "must be at least 1");
+        }
+        // A claimed gateway task is leased for 120 s; a call must end well
+        // within it, or a second worker could run the task alongside.
+        if let Some(t) = &self.retry.call_timeout {
+            if t.0.is_zero() || t.0 > Duration::from_secs(60) {
+                return invalid("retry.call_timeout", "must be between 1ms and 60s");
+            }
         }
         for (key, expr) in [
             (

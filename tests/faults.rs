@@ -1,7 +1,9 @@
 //! Fault tests: the daemon against failures of its dependencies and of
-//! itself, under conditions that try to break it. Tests that stop or restart
-//! a service start private instances of it (faults/services.rs) and never
-//! touch the shared servers.
+//! itself, under conditions that try to break it: `kill -9` under load,
+//! broker and database restarts, a broker node lost, several instances,
+//! gateway errors and timeouts. Tests that stop or restart a service start
+//! private instances of it (faults/services.rs) and never touch the shared
+//! servers.
 
 mod common;
 
@@ -23,3 +25,13 @@ mod many_instances;
 
 #[path = "faults/broker_failover.rs"]
 mod broker_failover;
+
+#[path = "faults/crash_support.rs"]
+mod crash_support;
+
+#[path = "faults/crash.rs"]
+mod crash;
+#[path = "faults/crash_check.rs"]
+mod crash_check;
+#[path = "faults/gateway_faults.rs"]
+mod gateway_faults;

@@ -61,7 +61,10 @@ async fn dispatch(command: Command, settings: Settings) -> i32 {
             command: OrderCommand::Show { order_id, json },
         } => show_order(&settings, &order_id, json).await,
         Command::Recon { command } => wiring::recon_command(command, &settings).await,
-        Command::GatewaySim { listen } => wiring::gateway_sim(&settings, listen).await,
+        Command::GatewaySim {
+            listen,
+            notify_retry,
+        } => wiring::gateway_sim(&settings, listen, notify_retry).await,
         Command::Demo { keep, out_dir } => {
             crate::demo::run(&settings, crate::demo::DemoOptions { keep, out_dir }).await
         }

@@ -60,9 +60,13 @@ pub async fn start_or_share(
         return Ok(SimulatorInUse::Shared(format!("http://{listen}")));
     }
     match TcpListener::bind(listen).await {
-        Ok(listener) => start_on(settings, listener, shutdown)
-            .await
-            .map(SimulatorInUse::Own),
+        Ok(listener) => start_on(
+            SimOptions::new(settings.simulator.clone()),
+            listener,
+            shutdown,
+        )
+        .await
+        .map(SimulatorInUse::Own),
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
             share_existing(settings).await?;
             Ok(SimulatorInUse::Shared(format!("http://{listen}")))
@@ -72,11 +76,10 @@ pub async fn start_or_share(
 }
 
 pub async fn start_on(
-    settings: &Settings,
+    opts: SimOptions,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Simulator> {
-    let opts = SimOptions::new(settings.simulator.clone());
     Simulator::start(opts, listener, shutdown)
         .await
         .context("simulator")

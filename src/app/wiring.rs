@@ -17,6 +17,7 @@ use crate::config::{GatewayMode, Settings};
 use crate::gateway::factory::build_gateways;
 use crate::jobs::reconcile::ReconContext;
 use crate::payments::ReconRunner;
+use crate::simulator::SimOptions;
 
 /// In simulator mode: starts the in-process simulator, or shares the one
 /// already at `simulator.listen` (`shared_sim.rs`); then builds the enabled
@@ -120,13 +121,23 @@ pub async fn recon_command(command: ReconCommand, settings: &Settings) -> anyhow
 }
 
 /// `payrecon gateway-sim`: the simulator alone, until SIGINT/SIGTERM.
-pub async fn gateway_sim(settings: &Settings, listen: Option<String>) -> anyhow::Result<i32> {
+/// `notify_retry` replaces both gateways' re-send schedules.
+pub async fn gateway_sim(
+    settings: &Settings,
+    listen: Option<String>,
+    notify_retry: Option<Vec<std::time::Duration>>,
+) -> anyhow::Result<i32> {
     let shutdown = CancellationToken::new();
     let listen = listen.unwrap_or_else(|| settings.simulator.listen.clone());
     let listener = TcpListener::bind(&listen)
         .await
         .with_context(|| format!("simulator.listen {listen}"))?;
-    let sim = start_on(settings, listener, shutdown.clone()).await?;
+    let mut opts = SimOptions::new(settings.simulator.clone());
+    if let Some(schedule) = notify_retry {
+        opts.wechat_notify_retry = schedule.clone();
+        opts.alipay_notify_retry = schedule;
+    }
+    let sim = start_on(opts, listener, shutdown.clone()).await?;
     println!("gateway simulator listening on {}", sim.base_url());
     super::wait_for_signal().await;
     shutdown.cancel();

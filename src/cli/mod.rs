@@ -96,6 +96,12 @@ simulator.keys_dir (created where missing), and the /sim control API.")]
         /// Listen address (default: simulator.listen).
         #[arg(long)]
         listen: Option<String>,
+        /// Delays between re-sends of an unacknowledged notification, e.g.
+        /// `1s,2s,5s`, for both gateways (default: each gateway's real
+        /// schedule, which waits 15 s / 4 min before the first re-send).
+        /// For tests and demos that stop the receiver.
+        #[arg(long, value_delimiter = ',', value_parser = parse_duration)]
+        notify_retry: Option<Vec<std::time::Duration>>,
     },
 }
 
@@ -167,6 +173,10 @@ Exits 3 when there is no such run.")]
         #[arg(long, default_value_t = 20)]
         limit: i64,
     },
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    crate::config::HumanDuration::parse(text).map(|d| d.0)
 }
 
 /// Process exit codes of the contract.

@@ -32,7 +32,7 @@ pub enum OrderEvent {
 }
 
 impl OrderEvent {
-    /// The one event of CONTRACT §4 that reports this move; whoever makes
+    /// The one event of docs/contract.md §4 that reports this move; whoever makes
     /// the move emits exactly this, once.
     pub fn event_type(self) -> &'static str {
         match self {
@@ -45,7 +45,7 @@ impl OrderEvent {
     }
 }
 
-/// What a gateway's word that the order was paid does to it (CONTRACT §3):
+/// What a gateway's word that the order was paid does to it (docs/contract.md §3):
 /// decided here, with no I/O, for notifications, queries and
 /// reconciliation alike.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -45,6 +45,13 @@ pub fn build_gateways(
     simulator_base_url: Option<&str>,
 ) -> Result<HashMap<Channel, Arc<dyn Gateway>>, GatewayError> {
     let mut gateways: HashMap<Channel, Arc<dyn Gateway>> = HashMap::new();
+    let timeout = |default: Duration| {
+        settings
+            .retry
+            .call_timeout
+            .as_ref()
+            .map_or(default, |t| t.0)
+    };
     let sim = &settings.simulator;
     let keys = |file: &str| sim.keys_dir.join(file);
     let sim_key = |file: &str| format!("simulator.keys_dir ({})", keys(file).display());
@@ -72,7 +79,7 @@ pub fn build_gateways(
                     platform_serial: sim.wechat_platform_serial.clone(),
                     // The file has no newline by contract; a hand-made one might.
                     apiv3_key: apiv3_key.trim_end_matches(['\r', '\n']).to_string(),
-                    timeout: SIMULATOR_TIMEOUT,
+                    timeout: timeout(SIMULATOR_TIMEOUT),
                 }
             }
             GatewayMode::Live => WechatPayConfig {
@@ -90,7 +97,7 @@ pub fn build_gateways(
                 )?,
                 platform_serial: w.platform_serial.clone(),
                 apiv3_key: w.apiv3_key.expose().to_string(),
-                timeout: LIVE_TIMEOUT,
+                timeout: timeout(LIVE_TIMEOUT),
             },
         };
         let key_name = match w.mode {
@@ -120,7 +127,7 @@ pub fn build_gateways(
                     &keys("alipay_public.pem"),
                     &sim_key("alipay_public.pem"),
                 )?,
-                timeout: SIMULATOR_TIMEOUT,
+                timeout: timeout(SIMULATOR_TIMEOUT),
             },
             GatewayMode::Live => AlipayConfig {
                 gateway_url: a.base_url.clone(),
@@ -133,7 +140,7 @@ pub fn build_gateways(
                     Path::new(&a.alipay_public_key),
                     "gateways.alipay.alipay_public_key",
                 )?,
-                timeout: LIVE_TIMEOUT,
+                timeout: timeout(LIVE_TIMEOUT),
             },
         };
         gateways.insert(Channel::Alipay, Arc::new(Alipay::new(config)?));

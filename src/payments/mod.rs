@@ -178,6 +178,20 @@ impl Payments {
         task.attempt as u32 + 1 >= self.retry.max_attempts
     }
 
+    /// Whether `retry.max_attempts` calls that could change something were
+    /// made: what is left is settling the last one's outcome by query.
+    pub(crate) fn attempts_exhausted(&self, task: &Task) -> bool {
+        task.attempt as u32 >= self.retry.max_attempts
+    }
+
+    /// Queries that settle an unknown outcome get as many attempts again.
+    /// When those go unanswered too, a prepay ends failed (the order stays
+    /// payable, so a notification still makes it paid) and a refund stays
+    /// processing for a notification or reconciliation.
+    pub(crate) fn settling_exhausted(&self, task: &Task) -> bool {
+        task.attempt as u32 + 1 >= self.retry.max_attempts.saturating_mul(2)
+    }
+
     async fn recon_task(&self, task: &Task) -> Result<Step, StoreError> {
         let channel = task
             .payload

@@ -36,6 +36,7 @@ pub(super) async fn attempt(p: &Payments, task: &Task) -> Result<Step, StoreErro
         return Ok(Step::Done);
     };
     if task.attempt > 0 {
+        // Settle what the last attempt left unknown before doing anything else.
         match gateway.query(&order.out_trade_no()).await {
             Ok(status) if status.state == TradeState::Paid => {
                 return confirm_from_query(p, &order, &status, task).await;
@@ -52,10 +53,17 @@ pub(super) async fn attempt(p: &Payments, task: &Task) -> Result<Step, StoreErro
                 return Ok(Step::Done);
             }
             Ok(_) => {} // not paid or not there: preparing again is safe
-            Err(e) if e.is_retryable() && !p.is_last_attempt(task) => {
+            Err(e) if e.is_retryable() && !p.settling_exhausted(task) => {
                 return Ok(Step::Retry(format!("query: {e}")))
             }
             Err(e) => tracing::warn!(error = %e, "query before re-prepay failed; preparing anyway"),
+        }
+        // Out of attempts, and the query (known) says nothing was paid:
+        // only now is the payment failed.
+        if p.attempts_exhausted(task) {
+            let message = format!("no answer to prepay in {} attempts", task.attempt);
+            fail(p, &order, task, "GATEWAY_UNAVAILABLE", &message).await?;
+            return Ok(Step::Done);
         }
     }
     let request = PrepayRequest {
@@ -84,7 +92,11 @@ pub(super) async fn attempt(p: &Payments, task: &Task) -> Result<Step, StoreErro
             tx.commit().await?;
             Ok(Step::Done)
         }
-        Err(e) if e.is_retryable() && !p.is_last_attempt(task) => Ok(Step::Retry(e.to_string())),
+        // An unknown outcome is retried even after the last attempt: the next
+        // run queries first and decides from the answer (docs/contract.md §5).
+        Err(e) if e.is_unknown_outcome() || (e.is_retryable() && !p.is_last_attempt(task)) => {
+            Ok(Step::Retry(e.to_string()))
+        }
         Err(e) => {
             let (code, message) = error_parts(&e);
             fail(p, &order, task, &code, &message).await?;

@@ -45,10 +45,26 @@ pub(super) async fn attempt(p: &Payments, task: &Task) -> Result<Step, StoreErro
                 return apply(p, task, refund_id, status).await
             }
             Ok(_) => {}
-            Err(e) if e.is_retryable() && !p.is_last_attempt(task) => {
+            Err(e) if e.is_retryable() && !p.settling_exhausted(task) => {
                 return Ok(Step::Retry(format!("refund query: {e}")))
             }
             Err(e) => return Ok(Step::Failed(format!("refund query: {e}"))),
+        }
+        // Out of attempts and the gateway (asked, and answering) has no such
+        // refund: it failed, and no money moved.
+        if p.attempts_exhausted(task) {
+            let mut tx = p.pool.begin().await?;
+            let why = format!("no answer to refund in {} attempts", task.attempt);
+            settle_refund(
+                &mut tx,
+                refund_id,
+                RefundOutcome::Failed(why),
+                None,
+                task.request_id.as_deref(),
+            )
+            .await?;
+            tx.commit().await?;
+            return Ok(Step::Done);
         }
     }
     let request = RefundRequest {
@@ -61,15 +77,11 @@ pub(super) async fn attempt(p: &Payments, task: &Task) -> Result<Step, StoreErro
     };
     match gateway.refund(&request).await {
         Ok(status) => apply(p, task, refund_id, status).await,
-        Err(e) if e.is_retryable() && !p.is_last_attempt(task) => {
+        // Money may have moved: the next run asks the gateway before anything
+        // else, even after the last attempt.
+        Err(e) if e.is_unknown_outcome() || (e.is_retryable() && !p.is_last_attempt(task)) => {
             mark_processing(p, refund_id).await?;
             Ok(Step::Retry(e.to_string()))
-        }
-        // Unknown after the last attempt: money may have moved, so the refund
-        // stays processing for a notification, a query or reconciliation.
-        Err(e) if e.is_unknown_outcome() => {
-            mark_processing(p, refund_id).await?;
-            Ok(Step::Failed(e.to_string()))
         }
         Err(e) => {
             let mut tx = p.pool.begin().await?;
@@ -89,7 +101,7 @@ pub(super) async fn attempt(p: &Payments, task: &Task) -> Result<Step, StoreErro
 
 async fn mark_processing(p: &Payments, id: RefundId) -> Result<(), StoreError> {
     let mut conn = p.pool.acquire().await?;
-    refunds::set_status(&mut conn, id, RefundStatus::Processing, None, None).await
+    refunds::mark_processing(&mut conn, id).await
 }
 
 async fn apply(
@@ -104,7 +116,7 @@ async fn apply(
         RefundState::Processing | RefundState::NotFound => {
             mark_processing(p, id).await?;
             // Poll until final; a refund notification may settle it first.
-            return Ok(if p.is_last_attempt(task) {
+            return Ok(if p.settling_exhausted(task) {
                 Step::Failed("refund still processing".into())
             } else {
                 Step::Retry("processing".into())

@@ -23,6 +23,7 @@ use crate::domain::{Channel, Money};
 use super::alipay_proto::{
     self as proto, brace_free, buyer_id, node_name, parse_amount, success, Failure, Node,
 };
+use super::calls::CallLabel;
 use super::state::{business_day, local_cn, Payment, Refund, Store, TradeStatus};
 use super::{alipay_bill, notify, Ctx};
 
@@ -53,6 +54,7 @@ async fn handle(ctx: Arc<Ctx>, query: String, body: Bytes, headers: HeaderMap) -
         "" => "error_response".to_string(),
         m => node_name(m),
     };
+    let label = CallLabel::alipay(&method, params.get("biz_content").map(String::as_str));
     let failure = || proto::respond(&ctx, &name, &Failure::unavailable().node());
     let call = async {
         let node = match proto::verify_request(
@@ -75,7 +77,7 @@ async fn handle(ctx: Arc<Ctx>, query: String, body: Bytes, headers: HeaderMap) -
         };
         proto::respond(&ctx, &name, &node)
     };
-    ctx.guarded(Channel::Alipay, failure, call).await
+    ctx.guarded(Channel::Alipay, label, failure, call).await
 }
 
 fn dispatch(

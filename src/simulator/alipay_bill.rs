@@ -17,6 +17,7 @@ use chrono::{DateTime, Duration, NaiveDate, NaiveDateTime, Utc};
 use crate::domain::{format_signed_yuan, Channel};
 
 use super::alipay_proto::seller_id;
+use super::calls::CallLabel;
 use super::state::{business_day, local_cn, BillFile};
 use super::{zip_gbk, Ctx};
 
@@ -259,7 +260,13 @@ pub async fn download(
         }
         response
     };
-    ctx.guarded(Channel::Alipay, failure, call).await
+    ctx.guarded(
+        Channel::Alipay,
+        CallLabel::new("bill_download"),
+        failure,
+        call,
+    )
+    .await
 }
 
 fn plain(status: StatusCode, text: String) -> Response<Body> {

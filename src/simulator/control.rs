@@ -19,6 +19,9 @@
 //! - `GET /sim/identity` — the simulator's ids and the SHA-256 fingerprints of
 //!   its public keys (`identity.rs`): how a daemon tells a simulator it can
 //!   share from anything else listening at `simulator.listen`.
+//! - `GET /sim/calls?since=SEQ` — the protocol calls after `SEQ` (default 0)
+//!   in arrival order: `seq`, `channel`, `op`, `out_trade_no`,
+//!   `out_refund_no`, `fault` (`answered`, `failed`, `timed_out`).
 
 use std::sync::Arc;
 
@@ -48,6 +51,7 @@ pub fn routes() -> Router<Arc<Ctx>> {
         .route("/sim/probe", post(probe))
         .route("/sim/payments/{out_trade_no}", get(payment))
         .route("/sim/identity", get(identity))
+        .route("/sim/calls", get(calls))
 }
 
 async fn identity(State(ctx): State<Arc<Ctx>>) -> Json<SimIdentity> {
@@ -212,6 +216,16 @@ async fn probe(State(ctx): State<Arc<Ctx>>, Json(req): Json<ProbeRequest>) -> An
         StatusCode::OK,
         Json(json!({"status": status, "rejected": !acked})),
     )
+}
+
+#[derive(Deserialize)]
+struct CallsQuery {
+    since: Option<u64>,
+}
+
+async fn calls(State(ctx): State<Arc<Ctx>>, Query(q): Query<CallsQuery>) -> Answer {
+    let calls = ctx.calls().since(q.since.unwrap_or(0));
+    (StatusCode::OK, Json(json!(calls)))
 }
 
 #[derive(Deserialize)]

@@ -7,6 +7,7 @@
 mod alipay;
 mod alipay_bill;
 mod alipay_proto;
+mod calls;
 mod control;
 mod faults;
 pub mod identity;
@@ -99,6 +100,7 @@ pub(crate) struct Ctx {
     pub keys: SimKeys,
     pub store: Mutex<state::Store>,
     pub faults: Mutex<faults::FaultSet>,
+    pub calls: Mutex<calls::CallLog>,
     pub ids: state::IdMint,
     pub wechat_notify_retry: Vec<Duration>,
     pub alipay_notify_retry: Vec<Duration>,
@@ -120,6 +122,10 @@ impl Ctx {
         self.faults.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    pub fn calls(&self) -> MutexGuard<'_, calls::CallLog> {
+        self.calls.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Sleeps, but wakes early on shutdown. `false` if shutdown came first.
     pub async fn sleep(&self, d: Duration) -> bool {
         tokio::select! {
@@ -128,11 +134,12 @@ impl Ctx {
         }
     }
 
-    /// Runs one protocol call under the injected faults of `channel`.
-    /// `failure` builds the channel's "system error" answer.
+    /// Runs one protocol call under the injected faults of `channel` and
+    /// logs it. `failure` builds the channel's "system error" answer.
     pub async fn guarded<Fut>(
         &self,
         channel: Channel,
+        label: calls::CallLabel,
         failure: impl FnOnce() -> Response<Body>,
         call: Fut,
     ) -> Response<Body>
@@ -140,6 +147,7 @@ impl Ctx {
         Fut: Future<Output = Response<Body>>,
     {
         let (latency_ms, verdict) = self.faults().decide(channel);
+        self.calls().record(channel, label, verdict);
         if latency_ms > 0 {
             self.sleep(Duration::from_millis(latency_ms)).await;
         }
@@ -185,6 +193,7 @@ impl Simulator {
             keys,
             store: Mutex::default(),
             faults: Mutex::default(),
+            calls: Mutex::default(),
             ids: state::IdMint::default(),
             wechat_notify_retry: opts.wechat_notify_retry,
             alipay_notify_retry: opts.alipay_notify_retry,

@@ -23,6 +23,7 @@ use serde_json::{json, Value};
 
 use crate::domain::{Channel, Money};
 
+use super::calls::CallLabel;
 use super::state::{rfc3339_cn, Payment, TradeStatus};
 use super::wechat_auth::{self as auth, error, param_error, signed_json};
 use super::{wechat_bill, wechat_refund, Ctx};
@@ -39,10 +40,24 @@ pub async fn entry(State(ctx): State<Arc<Ctx>>, req: Request) -> Response<Body> 
             "系统错误",
         )
     };
+    // Read before the fault decision, so the call log can name the payment.
+    let Ok(body) = to_bytes(body, MAX_BODY).await else {
+        return param_error(&ctx, "body", "请求体过大或无法读取");
+    };
+    let segments: Vec<String> = parts
+        .uri
+        .path()
+        .trim_start_matches("/v3/")
+        .split('/')
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .collect();
+    let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let label = CallLabel::wechat(parts.method.as_str(), &segs, &body);
     let call = async {
-        let Ok(body) = to_bytes(body, MAX_BODY).await else {
-            return param_error(&ctx, "body", "请求体过大或无法读取");
-        };
         let uri = parts
             .uri
             .path_and_query()
@@ -74,18 +89,6 @@ pub async fn entry(State(ctx): State<Arc<Ctx>>, req: Request) -> Response<Body> 
             .get("host")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("127.0.0.1");
-        let segments: Vec<String> = parts
-            .uri
-            .path()
-            .trim_start_matches("/v3/")
-            .split('/')
-            .map(|s| {
-                percent_encoding::percent_decode_str(s)
-                    .decode_utf8_lossy()
-                    .into_owned()
-            })
-            .collect();
-        let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
         let method = parts.method.as_str();
         match (method, segs.as_slice()) {
             ("POST", ["pay", "transactions", kind @ ("native" | "jsapi")]) => {
@@ -113,7 +116,7 @@ pub async fn entry(State(ctx): State<Arc<Ctx>>, req: Request) -> Response<Body> 
             _ => error(&ctx, StatusCode::NOT_FOUND, "NOT_FOUND", "请求的资源不存在"),
         }
     };
-    ctx.guarded(Channel::WechatPay, failure, call).await
+    ctx.guarded(Channel::WechatPay, label, failure, call).await
 }
 
 #[derive(Deserialize)]

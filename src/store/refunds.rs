@@ -150,6 +150,19 @@ pub async fn in_flight_amount(
     Money::from_fen(sum).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
+/// A refund call went out and its answer is not in: `processing`, unless a
+/// notification or another attempt already made it final meanwhile (moving
+/// it back would let it be settled, and counted on the order, twice).
+pub async fn mark_processing(conn: &mut PgConnection, id: RefundId) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE refunds SET status = 'processing' WHERE refund_id = $1 AND status IN ('pending', 'processing')",
+    )
+    .bind(id.0)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 pub async fn set_status(
     conn: &mut PgConnection,
     id: RefundId,
