@@ -84,11 +84,19 @@ fn demo_settings(settings: &Settings, name: &str) -> anyhow::Result<Settings> {
     Ok(s)
 }
 
-/// Drops the demo's database and deletes its queues and exchanges.
+/// Drops the demo's database and deletes its queues and exchanges; each
+/// side is tried even when the other fails, so a broker that went away
+/// leaves no database behind.
 async fn remove(s: &Settings, name: &str) -> anyhow::Result<()> {
+    let broker = remove_broker_objects(s, name).await;
+    let database = drop_database(s, name).await;
+    broker.and(database)
+}
+
+async fn remove_broker_objects(s: &Settings, name: &str) -> anyhow::Result<()> {
     let names = Names::new(name);
-    let conn =
-        Connection::connect(s.amqp.first_url().expose(), ConnectionProperties::default()).await?;
+    let url = s.amqp.first_url();
+    let conn = Connection::connect(url.expose(), ConnectionProperties::default()).await?;
     let ch = conn.create_channel().await?;
     for q in [
         &names.requests,
@@ -104,6 +112,10 @@ async fn remove(s: &Settings, name: &str) -> anyhow::Result<()> {
             .await?;
     }
     let _ = conn.close(200, "demo done".into()).await;
+    Ok(())
+}
+
+async fn drop_database(s: &Settings, name: &str) -> anyhow::Result<()> {
     let mut admin = url::Url::parse(s.database.url.expose())?;
     admin.set_path("/postgres");
     let pool = sqlx::PgPool::connect(admin.as_str()).await?;
