@@ -240,9 +240,12 @@ async fn a_daemon_becomes_ready_over_verified_tls() {
     // A certificate the daemon cannot trust stops it at once, saying why,
     // instead of retrying forever.
     env.settings.database.url = Secret(bad);
-    let e = match Daemon::start(env.settings.clone()).await {
-        Ok(_) => panic!("a daemon started with an untrusted certificate"),
-        Err(e) => format!("{e:#}"),
+    // Bounded: a daemon that retried the TLS failure would never return.
+    let start = Daemon::start(env.settings.clone());
+    let e = match tokio::time::timeout(std::time::Duration::from_secs(60), start).await {
+        Err(_) => panic!("a daemon with an untrusted certificate kept retrying"),
+        Ok(Ok(_)) => panic!("a daemon started with an untrusted certificate"),
+        Ok(Err(e)) => format!("{e:#}"),
     };
     assert_line(&e, &format!("localhost:{}", pg.port), "unknown CA");
 
