@@ -20,6 +20,9 @@ mod scale_runs;
 #[path = "faults/scale_support.rs"]
 mod scale_support;
 
+#[path = "faults/pg_tls.rs"]
+mod pg_tls;
+
 #[path = "faults/many_instances.rs"]
 mod many_instances;
 

@@ -397,7 +397,8 @@ async fn prepare_with_retry(
 fn worth_retrying(e: &store::StoreError) -> bool {
     use sqlx::migrate::MigrateError;
     match e {
-        store::StoreError::Url(_) => false,
+        // A certificate or a server without TLS does not heal by waiting.
+        store::StoreError::Url(_) | store::StoreError::Tls { .. } => false,
         store::StoreError::Migrate(MigrateError::Execute(
             sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut,
         )) => true,

@@ -12,6 +12,7 @@ pub mod placement;
 pub mod recon;
 pub mod refunds;
 pub mod tasks;
+mod tls;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -56,6 +57,8 @@ pub enum StoreError {
     Unreachable { addr: String, reason: String },
     #[error("PostgreSQL at {addr} refused the login of user {user}: wrong user or password")]
     LoginRefused { addr: String, user: String },
+    #[error("TLS to PostgreSQL at {addr} failed: {reason}; check sslmode and sslrootcert in database.url")]
+    Tls { addr: String, reason: String },
 }
 
 impl StoreError {
@@ -126,14 +129,16 @@ pub async fn prepare(settings: &DatabaseSettings, pool: &PgPool) -> Result<(), S
 }
 
 fn connect_options(settings: &DatabaseSettings) -> Result<PgConnectOptions, StoreError> {
-    PgConnectOptions::from_str(settings.url.expose()).map_err(|e| StoreError::Url(e.to_string()))
+    let url = settings.url.expose();
+    tls::install_crypto_provider();
+    tls::check_root_cert(url).map_err(StoreError::Url)?;
+    PgConnectOptions::from_str(url).map_err(|e| StoreError::Url(e.to_string()))
 }
 
 /// Connects without migrating (for read-only CLI commands on a possibly
 /// newer schema) — still creates nothing.
 pub async fn connect_existing(settings: &DatabaseSettings) -> Result<PgPool, StoreError> {
-    let options = PgConnectOptions::from_str(settings.url.expose())
-        .map_err(|e| StoreError::Url(e.to_string()))?;
+    let options = connect_options(settings)?;
     PgPoolOptions::new()
         .max_connections(settings.max_connections.max(2))
         .acquire_timeout(Duration::from_secs(5))
@@ -146,6 +151,9 @@ pub async fn connect_existing(settings: &DatabaseSettings) -> Result<PgPool, Sto
 /// password), so that the message says what to fix.
 fn connect_error(options: &PgConnectOptions, e: sqlx::Error) -> StoreError {
     let addr = format!("{}:{}", options.get_host(), options.get_port());
+    if let Some(reason) = tls::failure(&e, options.get_host(), options.get_ssl_mode()) {
+        return StoreError::Tls { addr, reason };
+    }
     if let sqlx::Error::Io(io) = &e {
         return StoreError::Unreachable {
             addr,

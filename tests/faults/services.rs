@@ -85,6 +85,19 @@ fn pg_version() -> String {
         .to_string()
 }
 
+/// How a private cluster does TLS. Debian's clusters default to `ssl = on`
+/// with the machine's snakeoil certificate; a test about TLS says which.
+pub enum PgTls {
+    /// Whatever pg_createcluster set up.
+    Default,
+    Off,
+    /// `ssl = on` with this certificate (chain) and key, both PEM.
+    On {
+        cert_pem: String,
+        key_pem: String,
+    },
+}
+
 /// A PostgreSQL cluster of its own (`pg_createcluster`), trust auth, user
 /// `postgres`, on 127.0.0.1:`port`.
 pub struct PrivatePostgres {
@@ -95,6 +108,10 @@ pub struct PrivatePostgres {
 
 impl PrivatePostgres {
     pub async fn start(tag: &str) -> PrivatePostgres {
+        PrivatePostgres::start_with(tag, PgTls::Default).await
+    }
+
+    pub async fn start_with(tag: &str, tls: PgTls) -> PrivatePostgres {
         let pg = PrivatePostgres {
             version: pg_version(),
             name: unique_name(tag),
@@ -110,12 +127,27 @@ impl PrivatePostgres {
         .await;
         // pg_createcluster's own `-o` quotes values its own way; a conf.d
         // file (included by Debian's postgresql.conf) says exactly this.
+        let mut settings = "listen_addresses = '127.0.0.1'\nmax_connections = 50\n".to_string();
+        match tls {
+            PgTls::Default => {}
+            PgTls::Off => settings.push_str("ssl = off\n"),
+            PgTls::On { cert_pem, key_pem } => {
+                // In the cluster's conf dir, so Drop removes them with it;
+                // the server refuses a key others may read.
+                let cert = pg.conf_dir().join("server.crt");
+                let key = pg.conf_dir().join("server.key");
+                std::fs::write(&cert, cert_pem).expect("write server.crt");
+                std::fs::write(&key, key_pem).expect("write server.key");
+                let (cert, key) = (cert.to_string_lossy(), key.to_string_lossy());
+                run("chown", &["postgres:postgres", &cert, &key], &[]).await;
+                run("chmod", &["600", &key], &[]).await;
+                settings.push_str(&format!(
+                    "ssl = on\nssl_cert_file = '{cert}'\nssl_key_file = '{key}'\n"
+                ));
+            }
+        }
         let conf = pg.conf_dir().join("conf.d").join("faults.conf");
-        std::fs::write(
-            &conf,
-            "listen_addresses = '127.0.0.1'\nmax_connections = 50\n",
-        )
-        .expect("write conf.d/faults.conf");
+        std::fs::write(&conf, settings).expect("write conf.d/faults.conf");
         pg.ctl(&["start"]).await;
         pg.wait_ready(60).await;
         pg
