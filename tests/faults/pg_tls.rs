@@ -95,6 +95,7 @@ fn settings(url: String) -> DatabaseSettings {
     DatabaseSettings {
         url: Secret(url),
         max_connections: 2,
+        password_file: String::new(),
     }
 }
 
