@@ -1,6 +1,6 @@
 //! `/metrics` as a dashboard reads it: after a daemon placed orders, called
 //! a gateway, dead-lettered a request and ran a reconciliation, every series
-//! of /work/notes/metrics.md is there with the value the database and the
+//! the README lists (and config/'s dashboard and alerts use) is there with the value the database and the
 //! broker hold. One test in this binary: the recorder is process-wide, so a
 //! second daemon here would move the same gauges.
 
