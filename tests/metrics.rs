@@ -1,7 +1,7 @@
 //! `/metrics` as a dashboard reads it: after a daemon placed orders, called
 //! a gateway, dead-lettered a request and ran a reconciliation, every series
-//! the README lists (and config/'s dashboard and alerts use) is there with the value the database and the
-//! broker hold. One test in this binary: the recorder is process-wide, so a
+//! the README lists (and config/'s dashboard and alerts use) is there with
+//! the value the database and the broker hold. One test in this binary: the recorder is process-wide, so a
 //! second daemon here would move the same gauges.
 
 mod common;
