@@ -10,7 +10,7 @@ use super::{Payments, Step};
 use crate::domain::{Order, OrderStatus, PaymentState};
 use crate::gateway::{GatewayError, PrepayRequest, TradeState};
 use crate::messaging::contracts::Event;
-use crate::store::tasks::Task;
+use crate::store::tasks::{self, Task};
 use crate::store::{orders, outbox, StoreError};
 
 pub(super) async fn attempt(p: &Payments, task: &Task) -> Result<Step, StoreError> {
@@ -89,6 +89,10 @@ pub(super) async fn attempt(p: &Payments, task: &Task) -> Result<Step, StoreErro
                 );
                 outbox::enqueue(&mut tx, &event).await?;
             }
+            // Done in the event's own transaction: a daemon killed between
+            // the two would otherwise run the task again after its lease and
+            // emit a second payment.prepared (found by the kill -9 test).
+            tasks::finish(&mut tx, task.id, None).await?;
             tx.commit().await?;
             Ok(Step::Done)
         }
@@ -135,6 +139,8 @@ async fn fail(
         &Event::for_order("payment.failed", &current, task.request_id.as_deref(), data),
     )
     .await?;
+    // As for payment.prepared: the event and the task's end commit together.
+    tasks::finish(&mut tx, task.id, None).await?;
     tx.commit().await?;
     Ok(())
 }
