@@ -86,7 +86,8 @@ impl WechatBill {
     fn add_yuan(&mut self, row: usize, name: &str, fen: i64) -> anyhow::Result<()> {
         let c = self.col(name)?;
         let now = units(&self.rows[row][c])? / 1000;
-        self.rows[row][c] = format_signed_yuan(now + fen, 2);
+        let sum = now.checked_add(fen).context("amount out of range")?;
+        self.rows[row][c] = format_signed_yuan(sum, 2);
         Ok(())
     }
 
@@ -125,7 +126,8 @@ impl WechatBill {
         self.set(row, "微信订单号", transaction_id.to_string())?;
         self.set(row, "应结订单金额", format_signed_yuan(fen, 2))?;
         self.set(row, "订单金额", format_signed_yuan(fen, 2))?;
-        self.set(row, "手续费", format_signed_yuan(fen * 6, 5))
+        let fee = fen.checked_mul(6).context("amount out of range")?;
+        self.set(row, "手续费", format_signed_yuan(fee, 5))
     }
 
     pub fn render(&self) -> anyhow::Result<String> {
@@ -150,7 +152,9 @@ impl WechatBill {
             let c = self.col(column)?;
             let mut total: i64 = 0;
             for row in &self.rows {
-                total += units(&row[c])?;
+                total = total
+                    .checked_add(units(&row[c])?)
+                    .with_context(|| format!("{name} out of range"))?;
             }
             summary.push(format_signed_yuan(
                 total / 10_i64.pow(5 - decimals),
@@ -202,7 +206,10 @@ fn units(text: &str) -> anyhow::Result<i64> {
                 * 10_i64.pow(5 - f.len() as u32)
         }
     };
-    let v = whole * 100_000 + frac_units;
+    let v = whole
+        .checked_mul(100_000)
+        .and_then(|w| w.checked_add(frac_units))
+        .with_context(|| format!("amount {text:?} out of range"))?;
     Ok(if negative { -v } else { v })
 }
 
@@ -217,5 +224,6 @@ mod tests {
         assert_eq!(units("7").unwrap(), 700_000);
         assert!(units("1.234567").is_err());
         assert!(units("abc").is_err());
+        assert!(units("99999999999999999.00").is_err());
     }
 }

@@ -35,6 +35,9 @@ const TAMPERED: usize = 190;
 struct Order {
     id: OrderId,
     channel: Channel,
+    unit_price: i64,
+    quantity: i64,
+    /// quantity × unit_price, as payrecon computes it.
     total: i64,
 }
 
@@ -51,6 +54,8 @@ fn plan() -> Vec<Order> {
             Order {
                 id: OrderId::generate(),
                 channel,
+                unit_price: unit,
+                quantity,
                 total: unit * quantity,
             }
         })
@@ -90,7 +95,7 @@ pub async fn play(s: &Settings, d: &Daemon, out: &Path) -> anyhow::Result<()> {
     for (i, o) in orders.iter().enumerate() {
         let data = json!({
             "order_id": o.id.to_string(), "user_id": format!("buyer-{}", i % 37),
-            "items": [{"product_id": format!("sku-{}", i % 11), "quantity": 1 + (i % 3), "unit_price": o.total / (1 + (i as i64 % 3))}],
+            "items": [{"product_id": format!("sku-{}", i % 11), "quantity": o.quantity, "unit_price": o.unit_price}],
             "currency": "CNY", "payment_method": o.channel.as_str(), "pay_timeout_s": timeout_s(i),
         });
         tap.request("order.place", data).await?;

@@ -64,6 +64,9 @@ pub struct Payments {
 #[derive(Debug)]
 pub(crate) enum Step {
     Done,
+    /// Done, and already marked so in the transaction of its event, so the
+    /// task's end and its event commit together (nothing left to record).
+    Recorded,
     /// Give up for good (recorded on the task).
     Failed(String),
     /// Try again after the backoff; the text is the error of this attempt.
@@ -157,6 +160,7 @@ impl Payments {
         let mut conn = self.pool.acquire().await?;
         match step {
             Step::Done => tasks::finish(&mut conn, task.id, None).await,
+            Step::Recorded => Ok(()),
             Step::Failed(why) => {
                 tracing::warn!(error = %why, "task failed for good");
                 tasks::finish(&mut conn, task.id, Some(&why)).await

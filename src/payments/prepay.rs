@@ -25,15 +25,14 @@ pub(super) async fn attempt(p: &Payments, task: &Task) -> Result<Step, StoreErro
         return Ok(Step::Done); // paid, cancelled or gone meanwhile: nothing to prepare
     };
     let Some(gateway) = p.gateway(order.payment_method) else {
-        fail(
+        return fail(
             p,
             &order,
             task,
             "CHANNEL_DISABLED",
             "the channel is not enabled",
         )
-        .await?;
-        return Ok(Step::Done);
+        .await;
     };
     if task.attempt > 0 {
         // Settle what the last attempt left unknown before doing anything else.
@@ -42,15 +41,14 @@ pub(super) async fn attempt(p: &Payments, task: &Task) -> Result<Step, StoreErro
                 return confirm_from_query(p, &order, &status, task).await;
             }
             Ok(status) if status.state == TradeState::Closed => {
-                fail(
+                return fail(
                     p,
                     &order,
                     task,
                     "ORDER_CLOSED",
                     "the payment was closed at the gateway",
                 )
-                .await?;
-                return Ok(Step::Done);
+                .await;
             }
             Ok(_) => {} // not paid or not there: preparing again is safe
             Err(e) if e.is_retryable() && !p.settling_exhausted(task) => {
@@ -62,8 +60,7 @@ pub(super) async fn attempt(p: &Payments, task: &Task) -> Result<Step, StoreErro
         // only now is the payment failed.
         if p.attempts_exhausted(task) {
             let message = format!("no answer to prepay in {} attempts", task.attempt);
-            fail(p, &order, task, "GATEWAY_UNAVAILABLE", &message).await?;
-            return Ok(Step::Done);
+            return fail(p, &order, task, "GATEWAY_UNAVAILABLE", &message).await;
         }
     }
     let request = PrepayRequest {
@@ -94,7 +91,7 @@ pub(super) async fn attempt(p: &Payments, task: &Task) -> Result<Step, StoreErro
             // emit a second payment.prepared (found by the kill -9 test).
             tasks::finish(&mut tx, task.id, None).await?;
             tx.commit().await?;
-            Ok(Step::Done)
+            Ok(Step::Recorded)
         }
         // An unknown outcome is retried even after the last attempt: the next
         // run queries first and decides from the answer (docs/contract.md §5).
@@ -103,8 +100,7 @@ pub(super) async fn attempt(p: &Payments, task: &Task) -> Result<Step, StoreErro
         }
         Err(e) => {
             let (code, message) = error_parts(&e);
-            fail(p, &order, task, &code, &message).await?;
-            Ok(Step::Done)
+            fail(p, &order, task, &code, &message).await
         }
     }
 }
@@ -124,10 +120,10 @@ async fn fail(
     task: &Task,
     code: &str,
     message: &str,
-) -> Result<(), StoreError> {
+) -> Result<Step, StoreError> {
     let mut tx = p.pool.begin().await?;
     let Some(mut current) = orders::get_for_update(&mut tx, order.order_id).await? else {
-        return Ok(());
+        return Ok(Step::Done);
     };
     if current.status == OrderStatus::PendingPayment {
         current.payment_state = PaymentState::Failed;
@@ -142,5 +138,5 @@ async fn fail(
     // As for payment.prepared: the event and the task's end commit together.
     tasks::finish(&mut tx, task.id, None).await?;
     tx.commit().await?;
-    Ok(())
+    Ok(Step::Recorded)
 }
