@@ -28,6 +28,8 @@ mod pg_tls;
 
 #[path = "faults/amqp_tls.rs"]
 mod amqp_tls;
+#[path = "faults/amqp_tls_rate.rs"]
+mod amqp_tls_rate;
 
 #[path = "faults/many_instances.rs"]
 mod many_instances;

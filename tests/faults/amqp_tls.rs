@@ -28,13 +28,13 @@ use crate::services::PrivateRabbit;
 /// A private node whose TLS listener's certificate is for `localhost`
 /// only (so `127.0.0.1` is the wrong name), signed by `ca`; `otherca`
 /// signed nothing the node presents.
-struct TlsNode {
+pub struct TlsNode {
     pki: Pki,
-    rabbit: PrivateRabbit,
+    pub rabbit: PrivateRabbit,
 }
 
 impl TlsNode {
-    async fn start(tag: &str) -> TlsNode {
+    pub async fn start(tag: &str) -> TlsNode {
         let pki = Pki::new();
         pki.ca("ca").await;
         pki.ca("otherca").await;
@@ -43,14 +43,14 @@ impl TlsNode {
         TlsNode { pki, rabbit }
     }
 
-    fn ca(&self, name: &str) -> String {
+    pub fn ca(&self, name: &str) -> String {
         self.pki
             .path(&format!("{name}.pem"))
             .to_string_lossy()
             .into_owned()
     }
 
-    fn amqp(&self, url: String, ca: &str, prefix: &str) -> AmqpSettings {
+    pub fn amqp(&self, url: String, ca: &str, prefix: &str) -> AmqpSettings {
         let mut amqp = payrecon::config::Settings::default().amqp;
         amqp.url = Secret(url);
         amqp.tls_ca_file = ca.to_string();
@@ -92,7 +92,7 @@ impl TlsNode {
 }
 
 /// The test's own lapin connection over TLS, trusting `ca_file`.
-async fn test_connection(url: &str, ca_file: &str) -> Connection {
+pub async fn test_connection(url: &str, ca_file: &str) -> Connection {
     let ca = std::fs::read_to_string(ca_file).expect("ca file");
     let tls = OwnedTLSConfig {
         identity: None,
