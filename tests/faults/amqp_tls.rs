@@ -106,6 +106,7 @@ pub async fn test_connection(url: &str, ca_file: &str) -> Connection {
 }
 
 fn assert_line(e: &str, addr: &str, reason: &str) {
+    eprintln!("refused as expected: {e}");
     assert!(!e.contains('\n'), "one line: {e}");
     assert!(e.contains(addr), "names {addr}: {e}");
     assert!(e.contains(reason), "says {reason:?}: {e}");
@@ -274,6 +275,33 @@ async fn a_daemon_works_over_amqps_end_to_end() {
     );
     daemon.stop().await;
     let _ = conn.close(200, "done".into()).await;
+    idle_link_lives_on_heartbeats(&node, &env).await;
+}
+
+/// An idle link over TLS: `keep_alive`, as the relay calls it between
+/// passes, sends heartbeats and reads the broker's through rustls (one
+/// poll of the read, not TcpStream::try_read), so a 1 s heartbeat keeps
+/// it open for several seconds and it still publishes.
+async fn idle_link_lives_on_heartbeats(node: &TlsNode, env: &TestEnv) {
+    let url = format!("{}?heartbeat=1", node.rabbit.amqps_url("localhost"));
+    let tls = BrokerTls::from_settings(&env.settings.amqp).expect("ca");
+    let name = format!("{}-idle", env.name);
+    let mut link = ConfirmLink::connect_with(&url, &name, &tls)
+        .await
+        .expect("link over TLS");
+    for _ in 0..20 {
+        link.keep_alive().await.expect("kept alive over TLS");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let message = payrecon::messaging::publisher::Outgoing {
+        exchange: "",
+        routing_key: "nowhere",
+        body: b"{}",
+        properties: payrecon::messaging::publisher::json_properties(),
+    };
+    let acked = link.publish_all(vec![message]).await.expect("publish");
+    assert_eq!(acked, [true]);
+    link.close().await;
 }
 
 /// An exclusive queue bound to every event of `P.events`, consumed no-ack.
