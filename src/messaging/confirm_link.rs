@@ -78,8 +78,8 @@ pub struct ConfirmLink {
 
 impl ConfirmLink {
     /// Opens the connection (named `name` in the broker's listings), one
-    /// channel, and puts it in confirm mode; `amqps://` with the platform
-    /// roots only.
+    /// channel, and puts it in confirm mode; `amqps://` trusting the
+    /// public roots (webpki-roots) only.
     pub async fn connect(url: &str, name: &str) -> Result<ConfirmLink, LinkError> {
         ConfirmLink::connect_with(url, name, &BrokerTls::default()).await
     }
