@@ -164,13 +164,11 @@ fn run_payrecon(
     n: u64,
     rows: u64,
 ) -> (Run, sql::Figures) {
-    let before = CpuTicks::now();
     let out = Command::new(std::env::current_exe().expect("exe"))
         .args(["--child", url, channel.as_str()])
         .arg(bill)
         .output()
         .expect("child");
-    let after = CpuTicks::now();
     assert!(
         out.status.success(),
         "reconciliation child failed: {}",
@@ -185,7 +183,7 @@ fn run_payrecon(
         payrecon_s: v["seconds"].as_f64().expect("seconds"),
         baseline_s: 0.0,
         cpu_payrecon: per_row(v["cpu_ticks"].as_f64().expect("ticks")),
-        cpu_pg_payrecon: per_row(after.postgres.saturating_sub(before.postgres) as f64),
+        cpu_pg_payrecon: per_row(v["pg_ticks"].as_f64().expect("ticks")),
         cpu_pg_baseline: 0.0,
         hwm_kib: v["hwm_kib"].as_i64().expect("hwm"),
         hwm_start_kib: v["hwm_start_kib"].as_i64().expect("hwm"),
@@ -317,7 +315,9 @@ fn child(url: &str, channel: Channel, bill: &Path) {
             progress: None,
         };
         let hwm_start_kib = vm_hwm_kib();
-        let ticks = CpuTicks::now().this;
+        // PostgreSQL's side is read here, while this run's backends live:
+        // a backend's ticks leave /proc with it.
+        let ticks = CpuTicks::now();
         let started = Instant::now();
         let outcome = run_reconciliation(
             &ctx,
@@ -329,13 +329,16 @@ fn child(url: &str, channel: Channel, bill: &Path) {
         .await
         .expect("reconciliation");
         let seconds = started.elapsed().as_secs_f64();
-        let cpu_ticks = CpuTicks::now().this - ticks;
+        let after = CpuTicks::now();
+        let cpu_ticks = after.this.saturating_sub(ticks.this);
+        let pg_ticks = after.postgres.saturating_sub(ticks.postgres);
         let RunOutcome::Completed(report) = outcome else {
             panic!("the run was skipped");
         };
         json!({
             "seconds": seconds,
             "cpu_ticks": cpu_ticks,
+            "pg_ticks": pg_ticks,
             "hwm_kib": vm_hwm_kib(),
             "hwm_start_kib": hwm_start_kib,
             "figures": sql::report_figures(&report),
