@@ -37,6 +37,8 @@ use sqlx::{Connection, PgConnection};
 mod cpu;
 #[path = "support/recon_data.rs"]
 mod data;
+#[path = "support/pg_cpu.rs"]
+mod pg_cpu;
 #[path = "support/report.rs"]
 mod report;
 #[path = "support/recon_sql.rs"]
@@ -198,13 +200,14 @@ async fn run_baseline(
     rows: u64,
 ) -> (f64, f64, sql::Figures) {
     let (from, to) = business_window(data::day(), data::offset());
-    let before = CpuTicks::now();
+    let db = pg_cpu::database(conn).await;
+    let before = pg_cpu::backend_ticks(conn, &db).await;
     let started = Instant::now();
     let figures = sql::baseline(conn, channel, detail, from, to).await;
     let seconds = started.elapsed().as_secs_f64();
-    let after = CpuTicks::now();
+    let after = pg_cpu::backend_ticks(conn, &db).await;
     sql::drop_bill(conn).await;
-    let pg = after.postgres.saturating_sub(before.postgres) as f64 * 10_000.0 / rows as f64;
+    let pg = after.saturating_sub(before) as f64 * 10_000.0 / rows as f64;
     (seconds, pg, figures)
 }
 
@@ -317,7 +320,10 @@ fn child(url: &str, channel: Channel, bill: &Path) {
         let hwm_start_kib = vm_hwm_kib();
         // PostgreSQL's side is read here, while this run's backends live:
         // a backend's ticks leave /proc with it.
-        let ticks = CpuTicks::now();
+        let mut probe = PgConnection::connect(url).await.expect("probe connection");
+        let db = pg_cpu::database(&mut probe).await;
+        let ticks = CpuTicks::now().this;
+        let pg_before = pg_cpu::backend_ticks(&mut probe, &db).await;
         let started = Instant::now();
         let outcome = run_reconciliation(
             &ctx,
@@ -329,9 +335,10 @@ fn child(url: &str, channel: Channel, bill: &Path) {
         .await
         .expect("reconciliation");
         let seconds = started.elapsed().as_secs_f64();
-        let after = CpuTicks::now();
-        let cpu_ticks = after.this.saturating_sub(ticks.this);
-        let pg_ticks = after.postgres.saturating_sub(ticks.postgres);
+        let cpu_ticks = CpuTicks::now().this.saturating_sub(ticks);
+        let pg_ticks = pg_cpu::backend_ticks(&mut probe, &db)
+            .await
+            .saturating_sub(pg_before);
         let RunOutcome::Completed(report) = outcome else {
             panic!("the run was skipped");
         };
