@@ -60,7 +60,7 @@ fn main() {
 }
 
 fn channel_of(i: u64) -> Channel {
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         Channel::WechatPay
     } else {
         Channel::Alipay
