@@ -29,6 +29,11 @@ mod many_instances;
 #[path = "faults/broker_failover.rs"]
 mod broker_failover;
 
+#[path = "faults/cluster.rs"]
+mod cluster;
+#[path = "faults/cluster_support.rs"]
+mod cluster_support;
+
 #[path = "faults/crash_support.rs"]
 mod crash_support;
 

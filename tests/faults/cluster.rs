@@ -1,0 +1,130 @@
+//! A broker node lost (issue 18): three RabbitMQ nodes in one cluster, the
+//! daemon's quorum queues replicated on all three, two `payrecon run`
+//! instances listing every node in `amqp.url`, and 20,000 `order.place`
+//! requests streaming in. Mid-stream the node that leads the requests
+//! queue is stopped. Instance A was connected to that node and must move
+//! to another; instance B was connected elsewhere and must keep consuming
+//! while its queue elects a new leader. Every request must take effect
+//! once and every event go out once, as in `restarts`.
+
+use std::collections::HashSet;
+
+use sqlx::PgPool;
+use tokio::time::Instant;
+
+use crate::cluster_support::{declare_topology, Instance, RabbitCluster, NODES};
+use crate::common::readiness::ReadinessWatch;
+use crate::common::TestEnv;
+use crate::restarts::{check_each_once, Outage, SERIAL};
+use crate::stream::{Stream, Tap};
+
+const MESSAGES: usize = 20_000;
+const RATE: usize = 1_000;
+/// Deliveries an instance may hold unacknowledged (`amqp.prefetch`'s
+/// default): settling more than this after the stop means it received
+/// requests after the stop, not only what it held before.
+const PREFETCH: u64 = 256;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_leader_node_of_a_cluster_loses_nothing() {
+    let _serial = SERIAL.lock().await;
+    let t_start = Instant::now();
+    let cluster = RabbitCluster::start("fc").await;
+    let mut env = TestEnv::new("fcluster");
+    // Every second, so the stream's orders with a 2 s pay timeout are
+    // cancelled during the run: events the daemons write on their own.
+    env.settings.jobs.timeout_cancel.schedule = "* * * * * *".into();
+    let names = env.names();
+
+    // The topology declared on node 0 first: quorum queues get a replica on
+    // every node of the cluster and (client-local) their leader on 0.
+    declare_topology(&cluster.nodes[0].amqp_url(), &names).await;
+    let quorum = cluster.quorum_of(0, &names.requests).await;
+    assert_eq!(quorum.members.len(), NODES, "replicas: {quorum:?}");
+    assert_eq!(quorum.online.len(), NODES, "online: {quorum:?}");
+    let lost = cluster.index_of(&quorum.leader).expect("leader is ours");
+    let (other, publish_on) = ((lost + 1) % NODES, (lost + 2) % NODES);
+    // The tap's own queue leads on a node that stays.
+    let tap = Tap::declare(&cluster.nodes[other].amqp_url(), &names).await;
+
+    let a = Instance::start(&env, "a", &cluster.urls_from(lost)).await;
+    let b = Instance::start(&env, "b", &cluster.urls_from(other)).await;
+    let lost_addr = format!("127.0.0.1:{}", cluster.nodes[lost].port);
+    assert_eq!(a.broker().await.as_deref(), Some(lost_addr.as_str()));
+    assert_ne!(b.broker().await.as_deref(), Some(lost_addr.as_str()));
+    let db = PgPool::connect(env.settings.database.url.expose())
+        .await
+        .expect("test db");
+    let (watch_a, watch_b) = (
+        ReadinessWatch::start(a.base.clone()),
+        ReadinessWatch::start(b.base.clone()),
+    );
+
+    let publish_url = cluster.nodes[publish_on].amqp_url();
+    let stream = Stream::start(publish_url, names.requests.clone(), "clu", MESSAGES, RATE);
+    stream.wait_sent(MESSAGES / 3, 300).await;
+    let sent_at_stop = stream.sent();
+    let t0 = Instant::now();
+    cluster.nodes[lost].stop_app().await;
+    let stopped_in = t0.elapsed();
+    let (after_a, after_b) = (a.requests_settled().await, b.requests_settled().await);
+    let (consuming_a, consuming_b) = tokio::join!(
+        async {
+            a.wait_settled_beyond(after_a + PREFETCH, 120).await;
+            t0.elapsed()
+        },
+        async {
+            b.wait_settled_beyond(after_b + PREFETCH, 120).await;
+            t0.elapsed()
+        }
+    );
+    let new_quorum = cluster
+        .wait_new_leader(other, &names.requests, lost, 30)
+        .await;
+    assert_eq!(new_quorum.members.len(), NODES, "{new_quorum:?}");
+    assert_eq!(new_quorum.online.len(), NODES - 1, "{new_quorum:?}");
+    let a_on = a.broker().await;
+    assert!(
+        a_on.is_some() && a_on.as_deref() != Some(lost_addr.as_str()),
+        "A still on the lost node: {a_on:?}"
+    );
+    let report = stream.finish().await;
+
+    let outages = [Outage {
+        how: "leader node of a 3-node cluster stopped (stop_app), not restarted",
+        down: consuming_a.max(consuming_b),
+        committed_meanwhile: HashSet::new(),
+    }];
+    let url = cluster.nodes[other].amqp_url();
+    check_each_once(&db, &url, &env, &tap, &report, &outages).await;
+    let (total_a, total_b) = (a.requests_settled().await, b.requests_settled().await);
+    for (who, watch) in [("A", &watch_a), ("B", &watch_b)] {
+        assert_eq!(watch.no_answer(), 0, "/readyz of {who} went unanswered");
+    }
+    let (unready_a, spells_a) = watch_a.unready();
+    let (unready_b, spells_b) = watch_b.unready();
+    watch_a.finish().await;
+    watch_b.finish().await;
+    for i in [&a, &b] {
+        assert_eq!(i.readyz().await.map(|r| r.0), Some(200), "{}", i.base);
+    }
+    eprintln!(
+        "figures: cluster of {NODES}, requests queue led by node {lost} (stopped after \
+         {stopped_in:.1?}, ~{sent_at_stop} requests in); new leader {}; A (was on the lost node) \
+         consuming again after {:.1}s, on {}, /readyz 503 for {unready_a:.1?} in {spells_a} \
+         spell(s); B consuming again after {:.1}s, /readyz 503 for {unready_b:.1?} in \
+         {spells_b} spell(s); settled by A {total_a} ({} after the stop), by B {total_b} ({} \
+         after); whole test {:.0}s",
+        new_quorum.leader,
+        consuming_a.as_secs_f64(),
+        a_on.unwrap_or_default(),
+        consuming_b.as_secs_f64(),
+        total_a - after_a,
+        total_b - after_b,
+        t_start.elapsed().as_secs_f64(),
+    );
+    db.close().await;
+    a.stop().await;
+    b.stop().await;
+    drop(tap);
+}
