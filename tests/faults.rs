@@ -33,6 +33,8 @@ mod broker_failover;
 mod cluster;
 #[path = "faults/cluster_support.rs"]
 mod cluster_support;
+#[path = "faults/frozen_broker.rs"]
+mod frozen_broker;
 
 #[path = "faults/crash_support.rs"]
 mod crash_support;

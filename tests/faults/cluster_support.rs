@@ -124,6 +124,46 @@ pub async fn declare_topology(url: &str, names: &Names) {
     let _ = conn.close(200, "declared".into()).await;
 }
 
+/// Whether process `pid` is still the VM of node `name` (not a process
+/// that reused the number). The node name is in the VM's environment, not
+/// on its command line.
+fn is_node(pid: &str, name: &str) -> bool {
+    let want = format!("RABBITMQ_NODENAME={name}@");
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&want))
+}
+
+/// A node whose VM got SIGSTOP: it keeps its sockets open and answers
+/// nothing, like a host that lost power or its network. Killed on drop,
+/// since a stopped VM cannot answer `rabbitmqctl stop`; declare it after
+/// the node so that it drops first.
+pub struct Frozen {
+    pid: String,
+    name: String,
+}
+
+impl Frozen {
+    pub async fn freeze(node: &PrivateRabbit) -> Frozen {
+        // From the VM itself: the pid file may name a process that started it.
+        let pid = node.ctl(&["eval", "os:getpid()."]).await;
+        let pid = pid.trim().trim_matches('"').to_string();
+        let name = node.node.split('@').next().unwrap_or_default().to_string();
+        assert!(is_node(&pid, &name), "pid {pid} is not {name}");
+        crate::services::run("kill", &["-STOP", &pid], &[]).await;
+        Frozen { pid, name }
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        if is_node(&self.pid, &self.name) {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &self.pid])
+                .status();
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Quorum {
     pub leader: String,
@@ -227,25 +267,6 @@ impl Instance {
             })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>() as u64
-    }
-
-    /// Waits until the instance has settled more than `than` requests;
-    /// returns how long that took.
-    pub async fn wait_settled_beyond(&self, than: u64, secs: u64) -> Duration {
-        let t0 = Instant::now();
-        loop {
-            let now = self.requests_settled().await;
-            if now > than {
-                return t0.elapsed();
-            }
-            assert!(
-                t0.elapsed() < Duration::from_secs(secs),
-                "{} settled nothing past {than} in {secs}s:\n{}",
-                self.base,
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
     }
 
     /// SIGTERM, and waits for a clean exit.
