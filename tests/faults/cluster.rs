@@ -13,7 +13,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio::time::Instant;
 
-use crate::cluster_support::{declare_topology, Instance, RabbitCluster, NODES};
+use crate::cluster_support::{declare_topology, Frozen, Instance, RabbitCluster, NODES};
 use crate::common::readiness::ReadinessWatch;
 use crate::common::TestEnv;
 use crate::restarts::{check_each_once, Outage, SERIAL};
@@ -165,4 +165,88 @@ async fn consuming_again(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The leader node goes silent (SIGSTOP) instead of away. Slow (about two
+/// minutes: the survivors wait for Erlang's `net_ticktime` before they drop
+/// the silent member), so not in the default run:
+/// `cargo test --test faults cluster_silent -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn the_leader_node_of_a_cluster_silent_loses_nothing() {
+    const BATCH: usize = 3_000;
+    let _serial = SERIAL.lock().await;
+    let cluster = RabbitCluster::start("fs").await;
+    let mut env = TestEnv::new("fsilent");
+    env.settings.jobs.timeout_cancel.schedule = "* * * * * *".into();
+    let names = env.names();
+    declare_topology(&cluster.nodes[0].amqp_url(), &names).await;
+    let quorum = cluster.quorum_of(0, &names.requests).await;
+    let lost = cluster.index_of(&quorum.leader).expect("leader is ours");
+    let (other, publish_on) = ((lost + 1) % NODES, (lost + 2) % NODES);
+    let tap = Tap::declare(&cluster.nodes[other].amqp_url(), &names).await;
+    let a = Instance::start(&env, "a", &cluster.urls_from(lost)).await;
+    let b = Instance::start(&env, "b", &cluster.urls_from(other)).await;
+    let db = PgPool::connect(env.settings.database.url.expose())
+        .await
+        .expect("test db");
+    let publish_url = cluster.nodes[publish_on].amqp_url();
+    let first = Stream::start(
+        publish_url.clone(),
+        names.requests.clone(),
+        "s1",
+        BATCH,
+        RATE,
+    );
+    first.wait_sent(BATCH / 3, 300).await;
+    let t0 = Instant::now();
+    let frozen = Frozen::freeze(&cluster.nodes[lost]).await;
+    let lost_addr = format!("127.0.0.1:{}", cluster.nodes[lost].port);
+    let (mut left, mut moved) = (None, None);
+    while moved.is_none() {
+        let on = a.broker().await;
+        match on.as_deref() {
+            None => left = left.or(Some(t0.elapsed())),
+            Some(addr) if addr != lost_addr => moved = Some(t0.elapsed()),
+            Some(_) => {}
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(150),
+            "A still on the silent node"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut report = first.finish().await;
+    // After the move, both instances take a share of new requests.
+    let (before_a, before_b) = (a.requests_settled().await, b.requests_settled().await);
+    let second = Stream::start(publish_url, names.requests.clone(), "s2", BATCH, RATE);
+    let second = second.finish().await;
+    report.ids.extend(second.ids);
+    report.timed += second.timed;
+    let outages = [Outage {
+        how: "leader node of a 3-node cluster silent (SIGSTOP)",
+        down: moved.unwrap_or_default(),
+        committed_meanwhile: HashSet::new(),
+    }];
+    let url = cluster.nodes[other].amqp_url();
+    check_each_once(&db, &url, &env, &tap, &report, &outages).await;
+    let (share_a, share_b) = (
+        a.requests_settled().await - before_a,
+        b.requests_settled().await - before_b,
+    );
+    assert!(
+        share_a > 0 && share_b > 0,
+        "second batch: A {share_a}, B {share_b}"
+    );
+    eprintln!(
+        "figures: silent leader: A left it after {:.1?}, on a survivor after {:.1?}; second \
+         batch of {BATCH} settled A {share_a}, B {share_b}",
+        left.unwrap_or_default(),
+        moved.unwrap_or_default()
+    );
+    db.close().await;
+    a.stop().await;
+    b.stop().await;
+    drop(tap);
+    drop(frozen);
 }
