@@ -37,6 +37,13 @@ mod many_instances;
 #[path = "faults/broker_failover.rs"]
 mod broker_failover;
 
+#[path = "faults/cluster.rs"]
+mod cluster;
+#[path = "faults/cluster_support.rs"]
+mod cluster_support;
+#[path = "faults/frozen_broker.rs"]
+mod frozen_broker;
+
 #[path = "faults/crash_support.rs"]
 mod crash_support;
 

@@ -110,6 +110,16 @@ const FIRST_PAUSE: Duration = Duration::from_millis(200);
 /// Closing a session that failed must not hold up the reconnect when the
 /// socket is already gone.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// A node that went silent (host down, network cut) keeps its sockets open:
+/// connecting to it never fails by itself, and lapin has no bound of its
+/// own. Generous, as a cluster that has just lost a member may hold a
+/// declare until it notices the loss.
+const SET_UP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Heartbeat interval asked for when `amqp.url` does not say
+/// (`?heartbeat=N`): a silent node is noticed after two intervals, where
+/// RabbitMQ's default of 60 s would leave the consumers on it, and
+/// `/readyz` at 200, for two minutes.
+const DEFAULT_HEARTBEAT_S: u16 = 10;
 
 pub async fn supervise(
     amqp: AmqpSettings,
@@ -180,6 +190,8 @@ enum SessionError {
     Relay(#[from] relay::RelayError),
     #[error("events link: {0}")]
     Link(#[from] LinkError),
+    #[error("RabbitMQ at {0} did not complete the session set-up within {1:?}")]
+    SetUpTimeout(String, Duration),
 }
 
 async fn confirm_channel(conn: &Connection) -> Result<Channel, lapin::Error> {
@@ -221,17 +233,18 @@ async fn session(
     // daemon a connection on a shared broker belongs to.
     let props = ConnectionProperties::default()
         .with_connection_name(format!("payrecon-{}", amqp.prefix).into());
-    let uri = broker_error::parse_url(url.expose())?;
-    // Read each session: a CA file replaced meanwhile is the one trusted.
-    let tls = BrokerTls::from_settings(amqp)?;
-    let conn = tls.open_uri(uri.clone(), props).await?;
-    let conn = Arc::new(conn);
-    topology::declare(&conn.create_channel().await?, names).await?;
-    let publisher = confirm_channel(&conn).await?;
-    // Events go out on a link of their own (see confirm_link), named apart
-    // from the consuming connection.
-    let name = format!("payrecon-{}-events", amqp.prefix);
-    let link = ConfirmLink::connect_with(url.expose(), &name, &tls).await?;
+    let mut uri = broker_error::parse_url(url.expose())?;
+    uri.query.heartbeat.get_or_insert(DEFAULT_HEARTBEAT_S);
+    let address = broker_error::address(&uri);
+    let Opened {
+        conn,
+        publisher,
+        link,
+        requests_channel,
+        notifications_channel,
+    } = tokio::time::timeout(SET_UP_TIMEOUT, open(amqp, names, &uri, url, props))
+        .await
+        .map_err(|_| SessionError::SetUpTimeout(address.clone(), SET_UP_TIMEOUT))??;
     let spec = |queue: &str| ConsumerSpec {
         queue: queue.to_string(),
         dlx: names.dlx.clone(),
@@ -243,14 +256,14 @@ async fn session(
         depth: PIPELINE_DEPTH,
     };
     let requests = consumer::run(
-        confirm_channel(&conn).await?,
+        requests_channel,
         spec(&names.requests),
         processors.requests.clone(),
         wakers.clone(),
         shutdown.clone(),
     );
     let notifications = consumer::run(
-        confirm_channel(&conn).await?,
+        notifications_channel,
         spec(&names.notifications),
         processors.notifications.clone(),
         wakers.clone(),
@@ -264,7 +277,6 @@ async fn session(
         wake.clone(),
         relay_done.clone(),
     );
-    let address = broker_error::address(&uri);
     state
         .set(Some((conn.clone(), publisher.clone(), address.clone())))
         .await;
@@ -287,4 +299,41 @@ async fn session(
     // from being requeued to the new one.
     let _ = tokio::time::timeout(CLOSE_WAIT, conn.close(200, "session ended".into())).await;
     result.map(|_| ())
+}
+
+/// What a session needs open before it consumes.
+struct Opened {
+    conn: Arc<Connection>,
+    publisher: Channel,
+    link: ConfirmLink,
+    requests_channel: Channel,
+    notifications_channel: Channel,
+}
+
+/// Connects, declares the topology and opens every channel and the events
+/// link: the part of a session that a silent node would hold forever.
+async fn open(
+    amqp: &AmqpSettings,
+    names: &Names,
+    uri: &lapin::uri::AMQPUri,
+    url: &Secret,
+    props: ConnectionProperties,
+) -> Result<Opened, SessionError> {
+    // Read each session: a CA file replaced meanwhile is the one trusted.
+    let tls = BrokerTls::from_settings(amqp)?;
+    let conn = tls.open_uri(uri.clone(), props).await?;
+    let conn = Arc::new(conn);
+    topology::declare(&conn.create_channel().await?, names).await?;
+    let publisher = confirm_channel(&conn).await?;
+    // Events go out on a link of their own (see confirm_link), named apart
+    // from the consuming connection.
+    let name = format!("payrecon-{}-events", amqp.prefix);
+    let link = ConfirmLink::connect_with(url.expose(), &name, &tls).await?;
+    Ok(Opened {
+        requests_channel: confirm_channel(&conn).await?,
+        notifications_channel: confirm_channel(&conn).await?,
+        conn,
+        publisher,
+        link,
+    })
 }

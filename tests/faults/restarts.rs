@@ -31,12 +31,12 @@ const RESTARTS: usize = 2;
 const HOLD: Duration = Duration::from_secs(5);
 
 /// One outage as the daemon saw it.
-struct Outage {
-    how: &'static str,
+pub struct Outage {
+    pub how: &'static str,
     /// From the stop command until `/readyz` said 200 again.
-    down: Duration,
+    pub down: Duration,
     /// Events committed while the broker was away (none for the database).
-    committed_meanwhile: HashSet<String>,
+    pub committed_meanwhile: HashSet<String>,
 }
 
 fn with_fast_jobs(mut settings: Settings) -> Settings {
@@ -179,7 +179,7 @@ async fn database_restarts_midstream_lose_nothing() {
 /// `order.created` event_id; every timed order was cancelled once; every
 /// event in the outbox reached the tap and nothing else did; no request
 /// was dead-lettered or left in the queue. Prints the figures.
-async fn check_each_once(
+pub async fn check_each_once(
     db: &PgPool,
     url: &str,
     env: &TestEnv,
