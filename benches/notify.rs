@@ -4,7 +4,11 @@
 //! half Alipay), signed (and for WeChat Pay encrypted) beforehand with the
 //! simulator's keys, for orders placed through the daemon before the clock
 //! and awaiting payment, are posted to the daemon's HTTP ingress by
-//! PAYRECON_BENCH_CLIENTS concurrent clients (default 64). Clock: from the
+//! PAYRECON_BENCH_CLIENTS concurrent clients (default 256: the ingress
+//! answers a gateway only once the broker confirmed its message to the
+//! quorum queue, so its rate is at most clients / confirm latency, and 64
+//! clients held it to about 3,600/s here; a sale's storm comes from many
+//! gateway servers at once). Clock: from the
 //! first post to the last `order.paid` seen on a queue of the bench's own
 //! bound to `P.events`.
 //! Baseline: the broker ceiling (`support/harness.rs`) in the same run.
@@ -50,7 +54,7 @@ struct Post {
 
 fn main() {
     let n = report::size("PAYRECON_BENCH_N", 20_000);
-    let clients: usize = harness::env_number("PAYRECON_BENCH_CLIENTS").unwrap_or(64);
+    let clients: usize = harness::env_number("PAYRECON_BENCH_CLIENTS").unwrap_or(256);
     harness::runtime().block_on(async move {
         let prefix = harness::unique_prefix();
         let ceiling = harness::broker_ceiling(&prefix, n, false).await;
