@@ -28,10 +28,13 @@ mod cpu;
 mod harness;
 #[path = "support/report.rs"]
 mod report;
+#[path = "support/tap.rs"]
+mod tap;
 
 use cpu::CpuTicks;
-use harness::{measured_since, place_request, publish_all, BenchDaemon, EventTap, Measured};
+use harness::{measured_since, place_request, publish_all, BenchDaemon, Measured};
 use report::{thousands, Table};
+use tap::EventTap;
 
 const TARGET_P99_MS: f64 = 25.0;
 

@@ -36,10 +36,13 @@ mod cpu;
 mod harness;
 #[path = "support/report.rs"]
 mod report;
+#[path = "support/tap.rs"]
+mod tap;
 
 use cpu::CpuTicks;
-use harness::{measured_since, round3, BenchDaemon, EventTap, Measured};
+use harness::{measured_since, round3, BenchDaemon, Measured};
 use report::{thousands, Table};
+use tap::EventTap;
 
 const TARGET: f64 = 0.4;
 const AMOUNT_FEN: i64 = 3998;
@@ -67,7 +70,7 @@ fn main() {
                 )
             })
             .collect();
-        harness::place_orders(&bench, "notify-order", &orders).await;
+        tap::place_orders(&bench, "notify-order", &orders).await;
         let posts = sign_all(&bench.settings.simulator, &orders).await;
         bench.checkpoint().await;
         let tap = EventTap::bind(

@@ -26,10 +26,13 @@ mod cpu;
 mod harness;
 #[path = "support/report.rs"]
 mod report;
+#[path = "support/tap.rs"]
+mod tap;
 
 use cpu::CpuTicks;
-use harness::{measured_since, publish_all, round3, BenchDaemon, EventTap};
+use harness::{measured_since, publish_all, round3, BenchDaemon};
 use report::{thousands, Table};
+use tap::EventTap;
 
 const TARGET: f64 = 0.4;
 
@@ -47,7 +50,7 @@ fn main() {
         let orders: Vec<(uuid::Uuid, &str)> = (0..n)
             .map(|i| (uuid::Uuid::new_v4(), if i % 2 == 0 { "wechat_pay" } else { "alipay" }))
             .collect();
-        harness::place_orders(&bench, "prepay-order", &orders).await;
+        tap::place_orders(&bench, "prepay-order", &orders).await;
         let bodies: Vec<Vec<u8>> = orders
             .iter()
             .enumerate()
