@@ -6,6 +6,7 @@
 //! hide the other's. Run: `cargo bench --bench recon_bill` (or
 //! `cargo bench --profile dev --bench recon_bill` to reuse the dev build).
 //! Exits 1 if the large bill needs more than 16 MiB over the small one.
+//! `PAYRECON_BENCH_QUICK=1` (CI): 100,000 rows instead of 1,000,000.
 
 use std::io::{BufWriter, Write};
 use std::path::Path;
@@ -16,7 +17,9 @@ use payrecon::domain::{format_signed_yuan, Channel};
 use payrecon::gateway::bill::{alipay, open_bill, wechat};
 
 const SMALL: u64 = 10_000;
-const LARGE: u64 = 1_000_000;
+
+#[path = "support/report.rs"]
+mod report;
 const FLAT_LIMIT_KB: i64 = 16 * 1024;
 
 fn main() {
@@ -26,11 +29,13 @@ fn main() {
         child(channel, Path::new(&args[i + 2]));
         return;
     }
+    // Quick mode (CI): 100,000 rows against 10,000.
+    let large = report::size("PAYRECON_BENCH_BILL_ROWS", 1_000_000) as u64;
     let dir = tempfile::tempdir().expect("temp dir");
     let mut flat = true;
     for channel in [Channel::WechatPay, Channel::Alipay] {
         let mut growth = Vec::new();
-        for rows in [SMALL, LARGE] {
+        for rows in [SMALL, large] {
             let path = dir.path().join(format!("{channel}-{rows}"));
             let started = Instant::now();
             write_bill(channel, rows, &path);
@@ -64,7 +69,16 @@ fn main() {
             let _ = std::fs::remove_file(&path);
         }
         let ratio = growth[1] as f64 / growth[0].max(4) as f64;
-        println!("{channel:>10} growth ratio 1M/10k rows = {ratio:.2}");
+        println!("{channel:>10} growth ratio {large}/{SMALL} rows = {ratio:.2}");
+        report::append(
+            "recon_bill",
+            channel.as_str(),
+            serde_json::json!({
+                "rows_small": SMALL, "rows_large": large,
+                "peak_rss_growth_kib_small": growth[0], "peak_rss_growth_kib_large": growth[1],
+                "target": "flat: at most 16 MiB more", "met": growth[1] - growth[0] <= FLAT_LIMIT_KB,
+            }),
+        );
         if growth[1] - growth[0] > FLAT_LIMIT_KB {
             println!(
                 "{channel:>10} NOT FLAT: {} KiB more for 100x the rows",

@@ -14,7 +14,9 @@ use crate::domain::Channel;
 
 mod secret_files;
 mod sources;
+mod tls_files;
 use sources::{check_url, describe_figment, merge_env_strings};
+pub use tls_files::ca_certificates;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -49,6 +51,10 @@ pub struct AmqpSettings {
     pub prefetch: u16,
     #[serde(default)]
     pub password_file: String,
+    /// A PEM file of the CA that signed the brokers' certificates, trusted
+    /// for `amqps://` besides the public roots (messaging::broker_tls).
+    #[serde(default)]
+    pub tls_ca_file: String,
 }
 
 impl AmqpSettings {
@@ -193,6 +199,7 @@ impl Default for Settings {
                 prefix: "payrecon".into(),
                 prefetch: 256,
                 password_file: String::new(),
+                tls_ca_file: String::new(),
             },
             http: HttpSettings {
                 listen: "127.0.0.1:8080".into(),
@@ -326,8 +333,9 @@ impl Settings {
             return invalid("amqp.url", "must name at least one broker");
         }
         for url in &brokers {
-            check_url("amqp.url", url, &["amqp"])?;
+            check_url("amqp.url", url, &["amqp", "amqps"])?;
         }
+        tls_files::check(&self.amqp)?;
         if self.amqp.prefix.is_empty() {
             return invalid("amqp.prefix", "must not be empty");
         }

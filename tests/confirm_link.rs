@@ -169,14 +169,22 @@ async fn wrong_credentials_are_refused_not_waited_on() {
     assert!(started.elapsed() < Duration::from_secs(15));
 }
 
+/// amqps:// to the plain port: the handshake fails at once, saying so
+/// (tests/faults/amqp_tls.rs runs the link against a TLS listener).
 #[tokio::test]
-async fn an_amqps_url_is_refused_with_a_clear_error() {
+async fn amqps_to_a_plain_port_fails_with_a_clear_error() {
     let url = AMQP.replace("amqp://", "amqps://");
+    let started = std::time::Instant::now();
     match ConfirmLink::connect(&url, "payrecon-test-tls").await {
-        Err(LinkError::Url(msg)) => assert!(msg.contains("amqp://"), "{msg}"),
+        Err(e @ LinkError::Connect(_)) => {
+            let e = e.to_string();
+            assert!(e.contains("127.0.0.1:5672"), "{e}");
+            assert!(e.contains("does not speak TLS"), "{e}");
+        }
         Err(e) => panic!("another error: {e}"),
-        Ok(_) => panic!("connected over amqps"),
+        Ok(_) => panic!("connected over amqps to a plain port"),
     }
+    assert!(started.elapsed() < Duration::from_secs(15));
 }
 
 /// With a 1 s heartbeat the broker drops a link that stays silent for a few

@@ -20,8 +20,16 @@ mod scale_runs;
 #[path = "faults/scale_support.rs"]
 mod scale_support;
 
+#[path = "faults/pki.rs"]
+mod pki;
+
 #[path = "faults/pg_tls.rs"]
 mod pg_tls;
+
+#[path = "faults/amqp_tls.rs"]
+mod amqp_tls;
+#[path = "faults/amqp_tls_rate.rs"]
+mod amqp_tls_rate;
 
 #[path = "faults/many_instances.rs"]
 mod many_instances;

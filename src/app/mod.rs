@@ -285,6 +285,9 @@ impl Starting {
         let shutdown = daemon.shutdown.clone();
         let tasks = &mut daemon.tasks;
         prepare_with_retry(&settings, &pool, &shutdown).await?;
+        // As for the database: a broker certificate we cannot trust stops
+        // the daemon with the reason rather than a reconnect loop.
+        crate::messaging::broker_tls::check_brokers(&settings.amqp).await?;
         let notify_urls = notify_urls(&settings, http_addr);
         let wake_relay = Arc::new(Notify::new());
         let payments = Arc::new(Payments {

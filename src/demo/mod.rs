@@ -15,10 +15,11 @@ use std::time::Instant;
 
 use anyhow::Context;
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
-use lapin::{Connection, ConnectionProperties};
+use lapin::ConnectionProperties;
 
 use crate::app::Daemon;
 use crate::config::{GatewayMode, Secret, Settings};
+use crate::messaging::broker_tls::BrokerTls;
 use crate::messaging::topology::Names;
 
 pub struct DemoOptions {
@@ -95,8 +96,10 @@ async fn remove(s: &Settings, name: &str) -> anyhow::Result<()> {
 
 async fn remove_broker_objects(s: &Settings, name: &str) -> anyhow::Result<()> {
     let names = Names::new(name);
-    let url = s.amqp.first_url();
-    let conn = Connection::connect(url.expose(), ConnectionProperties::default()).await?;
+    let tls = BrokerTls::from_settings(&s.amqp)?;
+    let conn = tls
+        .open(&s.amqp.first_url(), ConnectionProperties::default())
+        .await?;
     let ch = conn.create_channel().await?;
     for q in [
         &names.requests,

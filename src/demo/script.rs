@@ -82,7 +82,7 @@ fn done(t: Instant, what: String) {
 
 pub async fn play(s: &Settings, d: &Daemon, out: &Path) -> anyhow::Result<()> {
     let names = Names::new(&s.amqp.prefix);
-    let mut tap = Tap::connect(s.amqp.first_url().expose(), names).await?;
+    let mut tap = Tap::connect(&s.amqp, names).await?;
     let sim = d
         .simulator_base_url
         .clone()

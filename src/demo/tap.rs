@@ -13,6 +13,8 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
 use serde_json::{json, Value};
 
+use crate::config::AmqpSettings;
+use crate::messaging::broker_tls::BrokerTls;
 use crate::messaging::topology::{self, Names};
 
 pub struct Tap {
@@ -26,8 +28,11 @@ pub struct Tap {
 }
 
 impl Tap {
-    pub async fn connect(url: &str, names: Names) -> anyhow::Result<Tap> {
-        let conn = Connection::connect(url, ConnectionProperties::default()).await?;
+    pub async fn connect(amqp: &AmqpSettings, names: Names) -> anyhow::Result<Tap> {
+        let tls = BrokerTls::from_settings(amqp)?;
+        let conn = tls
+            .open(&amqp.first_url(), ConnectionProperties::default())
+            .await?;
         let channel = conn.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())

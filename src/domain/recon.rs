@@ -3,6 +3,7 @@
 //! streams through [`Matcher::observe`]; only the ids seen and the orders the
 //! bill mentions are kept, so memory follows the local side, not the bill.
 
+mod keys;
 mod matcher;
 
 use std::collections::BTreeMap;

@@ -2,11 +2,11 @@
 //! which address, which user, and never the password (lapin's own URL
 //! parse error quotes the whole URL, password included).
 
-use lapin::uri::AMQPUri;
+use lapin::uri::{AMQPScheme, AMQPUri};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error("amqp.url is not a valid AMQP URL (amqp://user:password@host:port/vhost)")]
+    #[error("amqp.url is not a valid AMQP URL (amqp[s]://user:password@host:port/vhost)")]
     Url,
     #[error("RabbitMQ at {addr} refused the login of user {user}: wrong user or password")]
     LoginRefused { addr: String, user: String },
@@ -20,6 +20,17 @@ pub enum ConnectError {
         user: String,
         reason: String,
     },
+    #[error("TLS to RabbitMQ at {addr} failed: {reason}; check amqp.url and amqp.tls_ca_file")]
+    Tls { addr: String, reason: String },
+    #[error("amqp.tls_ca_file {path}: {reason}")]
+    CaFile { path: String, reason: String },
+}
+
+impl ConnectError {
+    /// A certificate or a server without TLS does not heal by waiting.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, ConnectError::Tls { .. } | ConnectError::CaFile { .. })
+    }
 }
 
 /// Parses `amqp.url` without echoing it in the error.
@@ -36,6 +47,15 @@ pub fn describe(uri: &AMQPUri, e: &lapin::Error) -> ConnectError {
     let addr = address(uri);
     let user = uri.authority.userinfo.username.clone();
     match e.kind() {
+        lapin::ErrorKind::IOError(io) if uri.scheme == AMQPScheme::AMQPS => {
+            match super::broker_tls::handshake_reason(io, &uri.authority.host) {
+                Some(reason) => ConnectError::Tls { addr, reason },
+                None => ConnectError::Unreachable {
+                    addr,
+                    reason: io.to_string(),
+                },
+            }
+        }
         lapin::ErrorKind::IOError(io) => ConnectError::Unreachable {
             addr,
             reason: io.to_string(),

@@ -21,12 +21,16 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::broker_error::{self, ConnectError};
+use super::broker_tls::BrokerTls;
 use super::publisher::Outgoing;
 
 mod frames;
 mod handshake;
+mod stream;
 mod window;
 use frames::{Incoming, Reader};
+use stream::LinkStream;
 use window::Window;
 
 /// How long the broker may stay silent while confirms are awaited (unless it
@@ -53,10 +57,12 @@ pub enum LinkError {
     },
     #[error("broker silent for {0:?}")]
     Timeout(Duration),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
 }
 
 pub struct ConfirmLink {
-    stream: TcpStream,
+    stream: LinkStream,
     reader: Reader,
     out: Vec<u8>,
     frame_max: u32,
@@ -72,22 +78,38 @@ pub struct ConfirmLink {
 
 impl ConfirmLink {
     /// Opens the connection (named `name` in the broker's listings), one
-    /// channel, and puts it in confirm mode.
+    /// channel, and puts it in confirm mode; `amqps://` trusting the
+    /// public roots (webpki-roots) only.
     pub async fn connect(url: &str, name: &str) -> Result<ConfirmLink, LinkError> {
+        ConfirmLink::connect_with(url, name, &BrokerTls::default()).await
+    }
+
+    /// As `connect`, trusting what `tls` trusts for `amqps://`.
+    pub async fn connect_with(
+        url: &str,
+        name: &str,
+        tls: &BrokerTls,
+    ) -> Result<ConfirmLink, LinkError> {
         // Not the parser's message: it quotes the URL, password included.
         let uri: AMQPUri = url
             .parse()
             .map_err(|_| LinkError::Url("amqp.url is not a valid AMQP URL".into()))?;
-        if uri.scheme != AMQPScheme::AMQP {
-            return Err(LinkError::Url(
-                "only amqp:// is supported (the broker is on loopback)".into(),
-            ));
-        }
         let addr = (uri.authority.host.as_str(), uri.authority.port);
-        let stream = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
+        let tcp = tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(addr))
             .await
             .map_err(|_| LinkError::Timeout(HANDSHAKE_TIMEOUT))??;
-        stream.set_nodelay(true)?;
+        tcp.set_nodelay(true)?;
+        let stream = match uri.scheme {
+            AMQPScheme::AMQP => LinkStream::Plain(tcp),
+            AMQPScheme::AMQPS => {
+                let at = broker_error::address(&uri);
+                let wrap = tls.wrap(tcp, &at, addr.0);
+                let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, wrap)
+                    .await
+                    .map_err(|_| LinkError::Timeout(HANDSHAKE_TIMEOUT))??;
+                LinkStream::Tls(Box::new(tls))
+            }
+        };
         let mut link = ConfirmLink {
             stream,
             reader: Reader::default(),
@@ -154,7 +176,7 @@ impl ConfirmLink {
                 return Err(LinkError::Timeout(interval * 2));
             }
         }
-        while self.reader.fill_ready(&self.stream)? {
+        while self.reader.fill_ready(&mut self.stream)? {
             while let Some(frame) = self.reader.frame()? {
                 self.handle_control(frame).await?;
             }
@@ -317,6 +339,8 @@ impl ConfirmLink {
 
     async fn flush(&mut self) -> Result<(), LinkError> {
         self.stream.write_all(&self.out).await?;
+        // rustls may keep records it could not write yet (no-op for TCP).
+        self.stream.flush().await?;
         self.out.clear();
         self.last_write = Instant::now();
         Ok(())

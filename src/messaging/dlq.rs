@@ -39,6 +39,8 @@ use lapin::{Channel, Confirmation, Connection, ConnectionProperties};
 
 pub use letter::DeadLetter;
 
+use super::broker_error::ConnectError;
+use super::broker_tls::BrokerTls;
 use super::topology::Names;
 use crate::config::AmqpSettings;
 
@@ -53,6 +55,8 @@ pub const EXIT_AFTER_CONFIRMS_ENV: &str = "PAYRECON_DLQ_EXIT_AFTER_CONFIRMS";
 pub enum DlqError {
     #[error("broker: {0}")]
     Broker(#[from] lapin::Error),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
     #[error("no queue {0} on the broker (has the daemon run with this amqp.prefix?)")]
     NoQueue(String),
     #[error("{0} is not a dead-letter queue of this prefix")]
@@ -93,12 +97,15 @@ impl DeadLetters {
             .with_connection_name(format!("payrecon-dlq-{}", amqp.prefix).into());
         // The first of the brokers that answers, as the daemon would.
         let urls = amqp.urls();
-        let mut conn = Connection::connect(amqp.first_url().expose(), props.clone()).await;
+        let tls = BrokerTls::from_settings(amqp)?;
+        let mut conn = tls.open(&amqp.first_url(), props.clone()).await;
         for url in urls.iter().skip(1) {
-            if conn.is_ok() {
-                break;
+            match &conn {
+                Ok(_) => break,
+                // The nodes of a cluster share their CA: the next fails alike.
+                Err(e) if e.is_tls() => break,
+                Err(_) => conn = tls.open(url, props.clone()).await,
             }
-            conn = Connection::connect(url.expose(), props.clone()).await;
         }
         let conn = conn?;
         Ok(DeadLetters {

@@ -2,6 +2,7 @@
 //! handling, and the outbox relay.
 
 pub mod broker_error;
+pub mod broker_tls;
 pub mod confirm_link;
 pub mod consumer;
 pub mod contracts;

@@ -21,6 +21,7 @@ use tokio::sync::{Notify, RwLock};
 use tokio_util::sync::CancellationToken;
 
 use super::broker_error;
+use super::broker_tls::BrokerTls;
 use super::confirm_link::{ConfirmLink, LinkError};
 use super::consumer::{self, ConsumerSpec};
 use super::notification_processor::NotificationProcessor;
@@ -221,16 +222,16 @@ async fn session(
     let props = ConnectionProperties::default()
         .with_connection_name(format!("payrecon-{}", amqp.prefix).into());
     let uri = broker_error::parse_url(url.expose())?;
-    let conn = Connection::connect_uri(uri.clone(), props)
-        .await
-        .map_err(|e| broker_error::describe(&uri, &e))?;
+    // Read each session: a CA file replaced meanwhile is the one trusted.
+    let tls = BrokerTls::from_settings(amqp)?;
+    let conn = tls.open_uri(uri.clone(), props).await?;
     let conn = Arc::new(conn);
     topology::declare(&conn.create_channel().await?, names).await?;
     let publisher = confirm_channel(&conn).await?;
     // Events go out on a link of their own (see confirm_link), named apart
     // from the consuming connection.
-    let link =
-        ConfirmLink::connect(url.expose(), &format!("payrecon-{}-events", amqp.prefix)).await?;
+    let name = format!("payrecon-{}-events", amqp.prefix);
+    let link = ConfirmLink::connect_with(url.expose(), &name, &tls).await?;
     let spec = |queue: &str| ConsumerSpec {
         queue: queue.to_string(),
         dlx: names.dlx.clone(),

@@ -14,6 +14,9 @@ pub mod refunds;
 pub mod tasks;
 mod tls;
 
+/// For the broker's TLS too (messaging::broker_tls).
+pub use tls::install_crypto_provider;
+
 use std::str::FromStr;
 use std::time::Duration;
 

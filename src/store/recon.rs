@@ -3,7 +3,10 @@
 
 mod local;
 
-pub use local::{orders_by_out_trade_no, paid_in_window, refunds_in_window, status_groups};
+pub use local::{
+    orders_by_out_trade_no, paid_in_window, paid_in_window_count, paid_in_window_sql,
+    refunds_in_window, status_groups,
+};
 
 use chrono::{DateTime, NaiveDate, Utc};
 use sqlx::{FromRow, PgConnection};

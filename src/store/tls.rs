@@ -11,7 +11,7 @@ use sqlx::postgres::PgSslMode;
 /// for the process default; with both ring (reqwest's) and aws-lc-rs
 /// compiled into rustls there is none, and rustls panics. Idempotent; a
 /// provider someone installed first stays.
-pub(super) fn install_crypto_provider() {
+pub fn install_crypto_provider() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();

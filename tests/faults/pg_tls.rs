@@ -4,7 +4,7 @@
 //! Each test runs a private cluster (tests/faults/services.rs) with a CA
 //! and a server certificate made here by the openssl CLI.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use payrecon::app::Daemon;
 use payrecon::config::{DatabaseSettings, Secret};
@@ -12,84 +12,8 @@ use payrecon::store;
 
 use crate::common::readiness::wait_readyz;
 use crate::common::TestEnv;
-use crate::services::{run, PgTls, PrivatePostgres};
-
-/// A CA and a server certificate it signed, in a directory removed on drop.
-struct Pki {
-    dir: tempfile::TempDir,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        Pki {
-            dir: tempfile::Builder::new()
-                .prefix("payrecon-pgtls-")
-                .tempdir()
-                .expect("tempdir"),
-        }
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.dir.path().join(file)
-    }
-
-    fn s(&self, file: &str) -> String {
-        self.path(file).to_string_lossy().into_owned()
-    }
-
-    /// A self-signed CA as `NAME.pem` / `NAME.key`; returns the PEM's path.
-    async fn ca(&self, name: &str) -> PathBuf {
-        let (pem, key) = (
-            self.s(&format!("{name}.pem")),
-            self.s(&format!("{name}.key")),
-        );
-        openssl(&format!(
-            "req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
-             -keyout {key} -out {pem} -subj /CN=payrecon-test-{name} \
-             -addext basicConstraints=critical,CA:TRUE \
-             -addext keyUsage=critical,keyCertSign,cRLSign"
-        ))
-        .await;
-        PathBuf::from(pem)
-    }
-
-    /// A server certificate signed by CA `ca` for `san` (`IP:127.0.0.1`,
-    /// `DNS:localhost`): the cluster's certificate and key, as PEM text.
-    async fn server(&self, ca: &str, san: &str) -> PgTls {
-        let (key, csr, crt, ext) = (
-            self.s("server.key"),
-            self.s("server.csr"),
-            self.s("server.crt"),
-            self.s("server.ext"),
-        );
-        openssl(&format!(
-            "req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
-             -keyout {key} -out {csr} -subj /CN=payrecon-test-server"
-        ))
-        .await;
-        let extensions = format!(
-            "subjectAltName={san}\nbasicConstraints=CA:FALSE\n\
-             keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
-        );
-        std::fs::write(&ext, extensions).expect("server.ext");
-        let (ca_pem, ca_key) = (self.s(&format!("{ca}.pem")), self.s(&format!("{ca}.key")));
-        openssl(&format!(
-            "x509 -req -in {csr} -CA {ca_pem} -CAkey {ca_key} -set_serial 4242 -days 2 \
-             -extfile {ext} -out {crt}"
-        ))
-        .await;
-        PgTls::On {
-            cert_pem: std::fs::read_to_string(&crt).expect("server.crt"),
-            key_pem: std::fs::read_to_string(&key).expect("server.key"),
-        }
-    }
-}
-
-/// `openssl ARGS` (no argument holds a space: the paths are tempdirs').
-async fn openssl(args: &str) {
-    let args: Vec<&str> = args.split_whitespace().collect();
-    run("openssl", &args, &[]).await;
-}
+use crate::pki::Pki;
+use crate::services::{PgTls, PrivatePostgres};
 
 fn settings(url: String) -> DatabaseSettings {
     DatabaseSettings {
@@ -140,7 +64,7 @@ async fn sslmodes_against_a_tls_server() {
     let ca = pki.ca("ca").await;
     let other_ca = pki.ca("otherca").await;
     // For the address only: a connection to "localhost" has the wrong name.
-    let tls = pki.server("ca", "IP:127.0.0.1").await;
+    let tls = pki.server("ca", "IP:127.0.0.1").await.for_postgres();
     let pg = PrivatePostgres::start_with("tl", tls).await;
     let port = pg.port;
     let addr = format!("127.0.0.1:{port}");
@@ -222,7 +146,7 @@ async fn a_daemon_becomes_ready_over_verified_tls() {
     let pki = Pki::new();
     let ca = pki.ca("ca").await;
     let other_ca = pki.ca("otherca").await;
-    let tls = pki.server("ca", "DNS:localhost").await;
+    let tls = pki.server("ca", "DNS:localhost").await.for_postgres();
     let pg = PrivatePostgres::start_with("td", tls).await;
     let mut env = TestEnv::new("pgtls");
     let db = &env.name;

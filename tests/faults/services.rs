@@ -239,14 +239,35 @@ pub struct PrivateRabbit {
     pub node: String,
     pub port: u16,
     pub dist_port: u16,
+    /// The `amqps://` port, when started with `start_with_tls`.
+    pub tls_port: Option<u16>,
     pub dir: tempfile::TempDir,
     /// The node's OS process, killed on drop if a clean stop failed.
     pid: Option<u32>,
 }
 
+/// A TLS listener's server certificate (chain) and key, both PEM, and the
+/// CA file the node names in `ssl_options.cacertfile`.
+pub struct RabbitTls {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
 impl PrivateRabbit {
     /// Starts a node and waits until it accepts AMQP connections.
     pub async fn start(tag: &str) -> PrivateRabbit {
+        PrivateRabbit::start_node(tag, None).await
+    }
+
+    /// As `start`, with a TLS listener (`listeners.ssl.default`) on a port
+    /// of its own besides the plain one. Clients are not asked for a
+    /// certificate (`verify_none`): the tests are about the server's.
+    pub async fn start_with_tls(tag: &str, tls: RabbitTls) -> PrivateRabbit {
+        PrivateRabbit::start_node(tag, Some(tls)).await
+    }
+
+    async fn start_node(tag: &str, tls: Option<RabbitTls>) -> PrivateRabbit {
         let dir = tempfile::Builder::new()
             .prefix("payrecon-rabbit-")
             .tempdir()
@@ -255,13 +276,17 @@ impl PrivateRabbit {
             node: format!("{}@localhost", unique_name(tag)),
             port: free_port(),
             dist_port: free_port(),
+            tls_port: tls.as_ref().map(|_| free_port()),
             dir,
             pid: None,
         };
-        let config = format!(
+        let mut config = format!(
             "listeners.tcp.local = 127.0.0.1:{}\nloopback_users.guest = true\n",
             rabbit.port
         );
+        if let (Some(tls), Some(port)) = (tls, rabbit.tls_port) {
+            config.push_str(&rabbit.tls_config(tls, port));
+        }
         std::fs::write(rabbit.path("rabbitmq.conf"), config).expect("rabbitmq.conf");
         // No plugins (no management or prometheus ports) and none of
         // /etc/rabbitmq's settings, which name the shared node.
@@ -281,7 +306,31 @@ impl PrivateRabbit {
             .ok()
             .and_then(|p| p.trim().parse().ok());
         wait_listening(rabbit.port, 60).await;
+        if let Some(port) = rabbit.tls_port {
+            wait_listening(port, 60).await;
+        }
         rabbit
+    }
+
+    /// Writes the PEM files into the node's directory (removed with it) and
+    /// returns the `rabbitmq.conf` lines of the TLS listener.
+    fn tls_config(&self, tls: RabbitTls, port: u16) -> String {
+        let write = |file: &str, pem: &str| {
+            let path = self.path(file);
+            std::fs::write(&path, pem).unwrap_or_else(|e| panic!("{file}: {e}"));
+            path.to_string_lossy().into_owned()
+        };
+        let ca = write("tls-ca.pem", &tls.ca_pem);
+        let cert = write("tls-server.crt", &tls.cert_pem);
+        let key = write("tls-server.key", &tls.key_pem);
+        format!(
+            "listeners.ssl.default = 127.0.0.1:{port}\n\
+             ssl_options.cacertfile = {ca}\n\
+             ssl_options.certfile = {cert}\n\
+             ssl_options.keyfile = {key}\n\
+             ssl_options.verify = verify_none\n\
+             ssl_options.fail_if_no_peer_cert = false\n"
+        )
     }
 
     fn path(&self, file: &str) -> PathBuf {
@@ -317,6 +366,13 @@ impl PrivateRabbit {
 
     pub fn amqp_url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// `amqps://guest:guest@HOST:TLS_PORT/%2f` (HOST as the certificate
+    /// test wants it: `localhost` or `127.0.0.1`).
+    pub fn amqps_url(&self, host: &str) -> String {
+        let port = self.tls_port.expect("started with_tls");
+        format!("amqps://guest:guest@{host}:{port}/%2f")
     }
 
     /// `rabbitmqctl -n NODE args…`.

@@ -2,13 +2,16 @@
 //!
 //! The local side is loaded up front (orders paid in the business day) or on
 //! demand (orders the bill mentions, looked up in batches by the caller);
-//! the bill side is only ever seen one row at a time. What is kept per bill
-//! row is its `out_trade_no` (duplicates need it) and, for refunds, a sum.
+//! the bill side is only ever seen one row at a time. What is kept per
+//! `out_trade_no` is one compact slot (see `keys.rs`): what matching needs
+//! of our order, whether it was looked up in vain, whether the bill paid it
+//! already (duplicates need that); for refunds, a sum per order.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 
+use super::keys::KeyMap;
 use super::{BillKind, BillRecord, BillTotals, Category, Discrepancy, Resolution};
 use crate::domain::{Money, MoneyError, Order, OrderId, OrderStatus};
 
@@ -36,7 +39,25 @@ impl From<&Order> for LocalOrder {
     }
 }
 
-impl LocalOrder {
+/// Our order as the matcher keeps it: its key is the out_trade_no.
+#[derive(Debug, Clone, Copy)]
+struct Local {
+    order_id: OrderId,
+    status: OrderStatus,
+    total_amount: Money,
+    paid_amount: Money,
+}
+
+impl Local {
+    fn of(o: &LocalOrder) -> Local {
+        Local {
+            order_id: o.order_id,
+            status: o.status,
+            total_amount: o.total_amount,
+            paid_amount: o.paid_amount,
+        }
+    }
+
     /// The amount our side holds: what was paid, or what is due while unpaid.
     fn amount(&self) -> Money {
         if self.status.is_paid_or_later() {
@@ -45,6 +66,18 @@ impl LocalOrder {
             self.total_amount
         }
     }
+}
+
+/// Everything known of one out_trade_no.
+#[derive(Debug, Default)]
+struct Slot {
+    local: Option<Local>,
+    /// Paid in the business day: the bill must list it.
+    expected: bool,
+    /// Looked up and not ours.
+    absent: bool,
+    /// The bill listed its payment.
+    seen: bool,
 }
 
 /// Our refunds of one order that fall in the business day, summed.
@@ -65,12 +98,7 @@ pub struct MatchOutcome {
 
 #[derive(Debug, Default)]
 pub struct Matcher {
-    known: HashMap<String, LocalOrder>,
-    /// Paid in the business day: each must appear in the bill.
-    expected: HashSet<String>,
-    /// Looked up and not ours.
-    absent: HashSet<String>,
-    seen_payments: HashSet<String>,
+    slots: KeyMap<Slot>,
     bill_refunds: HashMap<String, BillRefund>,
     bill: BillTotals,
     matched_count: i64,
@@ -83,22 +111,43 @@ impl Matcher {
         Self::default()
     }
 
+    /// Room for `orders` ids from the start: growing a map of a million
+    /// holds the old table and the new one at once.
+    pub fn with_capacity(orders: usize) -> Self {
+        Matcher {
+            slots: KeyMap::with_capacity(orders),
+            ..Self::default()
+        }
+    }
+
     /// An order paid in the business day: the bill must list it.
     pub fn add_expected(&mut self, order: LocalOrder) {
-        self.expected.insert(order.out_trade_no.clone());
-        self.known.insert(order.out_trade_no.clone(), order);
+        let slot = self
+            .slots
+            .get_or_insert_with(&order.out_trade_no, Slot::default);
+        slot.expected = true;
+        slot.local = Some(Local::of(&order));
     }
 
     /// An order the bill mentions, found by the caller's lookup.
     pub fn add_known(&mut self, order: LocalOrder) {
-        self.known
-            .entry(order.out_trade_no.clone())
-            .or_insert(order);
+        let slot = self
+            .slots
+            .get_or_insert_with(&order.out_trade_no, Slot::default);
+        if slot.local.is_none() {
+            slot.local = Some(Local::of(&order));
+        }
     }
 
     /// An `out_trade_no` the caller looked up and did not find.
     pub fn mark_absent(&mut self, out_trade_no: &str) {
-        self.absent.insert(out_trade_no.to_string());
+        self.slots
+            .get_or_insert_with(out_trade_no, Slot::default)
+            .absent = true;
+    }
+
+    fn local(&self, out_trade_no: &str) -> Option<Local> {
+        self.slots.get(out_trade_no).and_then(|s| s.local)
     }
 
     /// The ids among `records` the caller still has to look up.
@@ -106,7 +155,11 @@ impl Matcher {
         let mut wanted: Vec<String> = records
             .into_iter()
             .map(|r| &r.out_trade_no)
-            .filter(|otn| !self.known.contains_key(*otn) && !self.absent.contains(*otn))
+            .filter(|otn| {
+                self.slots
+                    .get(otn)
+                    .is_none_or(|s| s.local.is_none() && !s.absent)
+            })
             .cloned()
             .collect();
         wanted.sort();
@@ -122,14 +175,17 @@ impl Matcher {
             BillKind::Refund => {
                 self.bill.refund_amount = add(self.bill.refund_amount, rec.amount.fen())?;
                 self.bill.fee_e5 = add(self.bill.fee_e5, rec.fee)?;
-                let entry = self
-                    .bill_refunds
-                    .entry(rec.out_trade_no.clone())
-                    .or_insert_with(|| BillRefund {
-                        amount: Money::ZERO,
-                        transaction_id: rec.transaction_id.clone(),
-                        status: rec.gateway_status.clone(),
-                    });
+                let entry = match self.bill_refunds.get_mut(&rec.out_trade_no) {
+                    Some(e) => e,
+                    None => self
+                        .bill_refunds
+                        .entry(rec.out_trade_no.clone())
+                        .or_insert_with(|| BillRefund {
+                            amount: Money::ZERO,
+                            transaction_id: rec.transaction_id.clone(),
+                            status: rec.gateway_status.clone(),
+                        }),
+                };
                 entry.amount = entry.amount.checked_add(rec.amount)?;
             }
             BillKind::Payment => {
@@ -143,10 +199,13 @@ impl Matcher {
     }
 
     fn observe_payment(&mut self, rec: &BillRecord) -> Result<(), MoneyError> {
-        let local = self.known.get(&rec.out_trade_no);
-        if !self.seen_payments.insert(rec.out_trade_no.clone()) {
+        let slot = self
+            .slots
+            .get_or_insert_with(&rec.out_trade_no, Slot::default);
+        let local = slot.local;
+        if std::mem::replace(&mut slot.seen, true) {
             self.discrepancies
-                .push(discrepancy(Category::Duplicate, rec, local));
+                .push(discrepancy(Category::Duplicate, rec, local.as_ref()));
             return Ok(());
         }
         let Some(local) = local else {
@@ -161,7 +220,7 @@ impl Matcher {
             _ => None,
         };
         match category {
-            Some(c) => self.discrepancies.push(discrepancy(c, rec, Some(local))),
+            Some(c) => self.discrepancies.push(discrepancy(c, rec, Some(&local))),
             None => {
                 self.matched_count += 1;
                 self.matched_amount = add(self.matched_amount, rec.amount.fen())?;
@@ -174,26 +233,25 @@ impl Matcher {
     /// refunds that differ between the sides (`local_refunds`: our refunds
     /// of the business day, one entry per order).
     pub fn finish(mut self, local_refunds: Vec<LocalRefund>) -> MatchOutcome {
-        let mut missing: Vec<&String> = self
-            .expected
-            .iter()
-            .filter(|otn| !self.seen_payments.contains(*otn))
+        let mut missing: Vec<(String, Local)> = self
+            .slots
+            .iter_text()
+            .filter(|(_, s)| s.expected && !s.seen)
+            .filter_map(|(otn, s)| s.local.map(|l| (otn, l)))
             .collect();
-        missing.sort();
-        for otn in missing {
-            if let Some(local) = self.known.get(otn) {
-                self.discrepancies.push(Discrepancy {
-                    category: Category::MissingGateway,
-                    out_trade_no: otn.clone(),
-                    order_id: Some(local.order_id),
-                    local_amount: Some(local.amount()),
-                    gateway_amount: None,
-                    local_status: Some(local.status),
-                    gateway_status: None,
-                    gateway_transaction_id: None,
-                    resolution: Resolution::Open,
-                });
-            }
+        missing.sort_by(|a, b| a.0.cmp(&b.0));
+        for (otn, local) in missing {
+            self.discrepancies.push(Discrepancy {
+                category: Category::MissingGateway,
+                out_trade_no: otn,
+                order_id: Some(local.order_id),
+                local_amount: Some(local.amount()),
+                gateway_amount: None,
+                local_status: Some(local.status),
+                gateway_status: None,
+                gateway_transaction_id: None,
+                resolution: Resolution::Open,
+            });
         }
         self.finish_refunds(local_refunds);
         self.discrepancies
@@ -218,13 +276,13 @@ impl Matcher {
             let ours = local.remove(&otn);
             let order = ours
                 .as_ref()
-                .map(|r| &r.order)
-                .or_else(|| self.known.get(&otn));
+                .map(|r| Local::of(&r.order))
+                .or_else(|| self.local(&otn));
             let local_amount = ours.as_ref().map(|r| r.amount).unwrap_or(Money::ZERO);
-            if order.is_none() {
+            let Some(order) = order else {
                 // A refund of an order we do not know: one finding per id is
                 // enough, so only if its payment was not reported already.
-                if !self.seen_payments.contains(&otn) {
+                if !self.slots.get(&otn).is_some_and(|s| s.seen) {
                     self.discrepancies.push(Discrepancy {
                         category: Category::MissingLocal,
                         out_trade_no: otn,
@@ -238,15 +296,15 @@ impl Matcher {
                     });
                 }
                 continue;
-            }
+            };
             if local_amount != amount {
                 self.discrepancies.push(Discrepancy {
                     category: Category::RefundMismatch,
                     out_trade_no: otn,
-                    order_id: order.map(|o| o.order_id),
+                    order_id: Some(order.order_id),
                     local_amount: Some(local_amount),
                     gateway_amount: Some(amount),
-                    local_status: order.map(|o| o.status),
+                    local_status: Some(order.status),
                     gateway_status: Some(refund.status),
                     gateway_transaction_id: Some(refund.transaction_id),
                     resolution: Resolution::Open,
@@ -283,12 +341,12 @@ fn add(a: i64, b: i64) -> Result<i64, MoneyError> {
     a.checked_add(b).ok_or(MoneyError::Overflow)
 }
 
-fn discrepancy(category: Category, rec: &BillRecord, local: Option<&LocalOrder>) -> Discrepancy {
+fn discrepancy(category: Category, rec: &BillRecord, local: Option<&Local>) -> Discrepancy {
     Discrepancy {
         category,
         out_trade_no: rec.out_trade_no.clone(),
         order_id: local.map(|l| l.order_id),
-        local_amount: local.map(LocalOrder::amount),
+        local_amount: local.map(Local::amount),
         gateway_amount: Some(rec.amount),
         local_status: local.map(|l| l.status),
         gateway_status: Some(rec.gateway_status.clone()),

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use super::{ReconContext, ReconError};
@@ -35,9 +36,14 @@ pub(super) async fn match_bill(
         .acquire()
         .await
         .map_err(crate::store::StoreError::from)?;
-    let mut matcher = Matcher::new();
-    for order in store::paid_in_window(&mut conn, run.channel, from, to).await? {
-        matcher.add_expected(order);
+    let expected = store::paid_in_window_count(&mut conn, run.channel, from, to).await?;
+    let mut matcher = Matcher::with_capacity(usize::try_from(expected).unwrap_or(0));
+    {
+        let sql = store::paid_in_window_sql();
+        let mut orders = store::paid_in_window(&mut conn, &sql, run.channel, from, to);
+        while let Some(order) = orders.next().await {
+            matcher.add_expected(order?);
+        }
     }
 
     let (tx, mut rx) = mpsc::channel::<Batch>(QUEUE);

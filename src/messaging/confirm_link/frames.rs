@@ -2,8 +2,8 @@
 //! octet); method payloads are decoded by amq-protocol.
 
 use amq_protocol::protocol::{parse_class, AMQPClass};
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use futures::FutureExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::Instant;
 
 use super::LinkError;
@@ -48,7 +48,7 @@ impl Reader {
     }
 
     /// Reads what the socket has, waiting for at least one byte; 0 at EOF.
-    pub async fn fill(&mut self, stream: &mut TcpStream) -> std::io::Result<usize> {
+    pub async fn fill(&mut self, stream: &mut (impl AsyncRead + Unpin)) -> std::io::Result<usize> {
         self.compact();
         let n = stream.read_buf(&mut self.buf).await?;
         if n > 0 {
@@ -58,17 +58,21 @@ impl Reader {
     }
 
     /// Reads what the socket has without waiting: whether anything came.
-    /// EOF is an error here, as the link is expected to stay open.
-    pub fn fill_ready(&mut self, stream: &TcpStream) -> Result<bool, LinkError> {
+    /// EOF is an error here, as the link is expected to stay open. One
+    /// poll of the read, which for TLS may also be a record still in
+    /// rustls's buffer; a read not ready loses nothing (read_buf is
+    /// cancellation safe).
+    pub fn fill_ready(&mut self, stream: &mut (impl AsyncRead + Unpin)) -> Result<bool, LinkError> {
         self.compact();
-        match stream.try_read_buf(&mut self.buf) {
-            Ok(0) => Err(LinkError::Io(std::io::ErrorKind::UnexpectedEof.into())),
-            Ok(_) => {
+        match stream.read_buf(&mut self.buf).now_or_never() {
+            Some(Ok(0)) => Err(LinkError::Io(std::io::ErrorKind::UnexpectedEof.into())),
+            Some(Ok(_)) => {
                 self.last_read = Instant::now();
                 Ok(true)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
-            Err(e) => Err(e.into()),
+            None => Ok(false),
+            Some(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
+            Some(Err(e)) => Err(e.into()),
         }
     }
 

@@ -67,23 +67,51 @@ impl TryFrom<LocalRow> for LocalOrder {
     }
 }
 
-/// Orders of the channel paid in `[from, to)` (they must be in the bill).
-pub async fn paid_in_window(
+/// Which orders are "paid in the business day" (they must be in the bill):
+/// $1 channel, [$2, $3) the day.
+const PAID_IN_WINDOW: &str =
+    "FROM orders o WHERE o.payment_method = $1 AND o.paid_at >= $2 AND o.paid_at < $3 \
+       AND o.status IN ('paid', 'shipped', 'completed', 'refunded')";
+
+/// How many orders [`paid_in_window`] will yield.
+pub async fn paid_in_window_count(
     conn: &mut PgConnection,
     channel: Channel,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
-) -> Result<Vec<LocalOrder>, StoreError> {
-    let rows: Vec<LocalRow> = sqlx::query_as(&format!(
-        "SELECT {LOCAL_COLUMNS} FROM orders o WHERE o.payment_method = $1 AND o.paid_at >= $2 AND o.paid_at < $3 \
-           AND o.status IN ('paid', 'shipped', 'completed', 'refunded')"
-    ))
-    .bind(channel.as_str())
-    .bind(from)
-    .bind(to)
-    .fetch_all(conn)
-    .await?;
-    rows.into_iter().map(LocalOrder::try_from).collect()
+) -> Result<i64, StoreError> {
+    Ok(
+        sqlx::query_scalar(&format!("SELECT count(*) {PAID_IN_WINDOW}"))
+            .bind(channel.as_str())
+            .bind(from)
+            .bind(to)
+            .fetch_one(conn)
+            .await?,
+    )
+}
+
+/// Orders of the channel paid in `[from, to)`, streamed: a day of a million
+/// orders is never held as rows all at once, only as the matcher's keys.
+pub fn paid_in_window<'c>(
+    conn: &'c mut PgConnection,
+    sql: &'c str,
+    channel: Channel,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> impl futures::Stream<Item = Result<LocalOrder, StoreError>> + 'c {
+    use futures::StreamExt;
+    sqlx::query_as::<_, LocalRow>(sql)
+        .bind(channel.as_str())
+        .bind(from)
+        .bind(to)
+        .fetch(conn)
+        .map(|row| LocalOrder::try_from(row?))
+}
+
+/// The statement [`paid_in_window`] runs (built once by the caller, which
+/// holds it while the stream borrows it).
+pub fn paid_in_window_sql() -> String {
+    format!("SELECT {LOCAL_COLUMNS} {PAID_IN_WINDOW}")
 }
 
 /// The channel's orders among `out_trade_nos` (a bill's batch).
