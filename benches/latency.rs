@@ -22,6 +22,7 @@ use lapin::BasicProperties;
 use payrecon::messaging::publisher::{self, Outgoing};
 use serde_json::json;
 
+#[allow(dead_code)] // the machine shares are for the throughput bench
 #[path = "support/cpu.rs"]
 mod cpu;
 #[path = "support/harness.rs"]

@@ -30,6 +30,7 @@ use payrecon::gateway::crypto::aes_256_gcm_encrypt;
 use payrecon::simulator::SimKeys;
 use serde_json::json;
 
+#[allow(dead_code)] // the machine shares are for the throughput bench
 #[path = "support/cpu.rs"]
 mod cpu;
 #[path = "support/harness.rs"]

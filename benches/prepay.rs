@@ -20,6 +20,7 @@ use aws_lc_rs::rsa::{KeyPair, KeySize};
 use aws_lc_rs::signature::RSA_PKCS1_SHA256;
 use serde_json::json;
 
+#[allow(dead_code)] // the machine shares are for the throughput bench
 #[path = "support/cpu.rs"]
 mod cpu;
 #[path = "support/harness.rs"]

@@ -2,8 +2,6 @@
 //! bench reports where a message's CPU goes, which on a noisy shared
 //! machine is steadier than the messages per second it yields.
 
-#![allow(dead_code)] // each bench binary uses its own part of this module
-
 use std::fs;
 
 /// Clock ticks (utime + stime) of this process, of PostgreSQL's processes
