@@ -7,6 +7,8 @@
 
 #[path = "notifications/alipay_attacks.rs"]
 mod alipay_attacks;
+#[path = "notifications/batch.rs"]
+mod batch;
 mod common;
 #[path = "notifications/ingress.rs"]
 mod ingress;

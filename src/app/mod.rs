@@ -216,11 +216,17 @@ impl Daemon {
         let names = Names::new(&settings.amqp.prefix);
         let broker = Arc::new(BrokerState::default());
         let started = http::Started::default();
+        let (notify_queue, enqueuing) = http::NotifyQueue::start(
+            broker.clone(),
+            names.notifications.clone(),
+            shutdown.clone(),
+        );
+        tasks.spawn(enqueuing);
         let state = http::HttpState {
             pool: pool.clone(),
             broker: broker.clone(),
             gateways: gateways.clone(),
-            notifications_queue: names.notifications.clone(),
+            notify_queue,
             api_token: settings.http.api_token.expose().to_string(),
             metrics: metrics_handle(),
             dead_letter_queues: vec![

@@ -5,6 +5,7 @@ mod auth;
 mod gauges;
 mod health;
 mod notify;
+mod notify_queue;
 mod orders;
 pub mod recon;
 
@@ -22,14 +23,15 @@ use crate::gateway::Gateway;
 use crate::messaging::supervisor::BrokerState;
 
 pub use auth::is_loopback_listen;
+pub use notify_queue::NotifyQueue;
 
 #[derive(Clone)]
 pub struct HttpState {
     pub pool: PgPool,
     pub broker: Arc<BrokerState>,
     pub gateways: HashMap<Channel, Arc<dyn Gateway>>,
-    /// `P.notifications`: where verified notifications are enqueued.
-    pub notifications_queue: String,
+    /// Puts verified notifications on `P.notifications`.
+    pub notify_queue: NotifyQueue,
     pub api_token: String,
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// The dead-letter queues by their `queue` label ("requests", …).

@@ -14,10 +14,11 @@ use chrono::Utc;
 use lapin::types::ShortString;
 use serde_json::json;
 
+use super::notify_queue::EnqueueError;
 use super::HttpState;
 use crate::domain::Channel;
 use crate::gateway::Headers;
-use crate::messaging::publisher::{self, Outgoing};
+use crate::messaging::publisher;
 
 pub async fn ingress(
     State(s): State<HttpState>,
@@ -110,25 +111,12 @@ fn canonical_name(lower: &str) -> String {
         .join("-")
 }
 
-#[derive(Debug, thiserror::Error)]
-enum EnqueueError {
-    #[error("broker not connected")]
-    NotConnected,
-    #[error(transparent)]
-    Publish(#[from] publisher::PublishError),
-}
-
 async fn enqueue(
     s: &HttpState,
     channel: Channel,
     headers: &Headers,
     body: String,
 ) -> Result<(), EnqueueError> {
-    let channel_handle = s
-        .broker
-        .publisher()
-        .await
-        .ok_or(EnqueueError::NotConnected)?;
     let request_id = uuid::Uuid::new_v4().to_string();
     let message = json!({
         "type": "gateway.notification",
@@ -140,15 +128,7 @@ async fn enqueue(
     let properties = publisher::json_properties()
         .with_message_id(ShortString::from(request_id.as_str()))
         .with_timestamp(Utc::now().timestamp() as u64);
-    publisher::publish_one(
-        &channel_handle,
-        Outgoing {
-            exchange: "",
-            routing_key: &s.notifications_queue,
-            body: message.as_bytes(),
-            properties,
-        },
-    )
-    .await?;
-    Ok(())
+    s.notify_queue
+        .enqueue(message.into_bytes(), properties)
+        .await
 }

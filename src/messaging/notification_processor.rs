@@ -18,7 +18,7 @@ use super::requests::parse_notification_envelope;
 use crate::domain::Channel;
 use crate::gateway::{Gateway, Headers, Notification, RefundState, MAX_NOTIFICATION_BODY_BYTES};
 use crate::payments::{settle_by_out_refund_no, RefundOutcome};
-use crate::store::payments::{confirm_payment, GatewayPayment, PaidSource};
+use crate::store::payments::{confirm_many, confirm_payment, GatewayPayment, PaidSource};
 use crate::store::{inbox, StoreError};
 
 pub const NOTIFICATION_TYPE: &str = "gateway.notification";
@@ -111,13 +111,9 @@ impl BatchProcessor for NotificationProcessor {
         let checked: Vec<Result<Verified, String>> =
             batch.iter().map(|d| self.verify(d, now)).collect();
         let mut tx = self.pool.begin().await.map_err(transient)?;
-        for v in checked.iter().flatten() {
-            let span = tracing::info_span!("notification", request_id = %v.request_id, channel = %v.channel);
-            apply(&mut tx, v)
-                .instrument(span)
-                .await
-                .map_err(transient)?;
-        }
+        apply_all(&mut tx, checked.iter().flatten())
+            .await
+            .map_err(transient)?;
         tx.commit().await.map_err(transient)?;
         let dead_letters: Vec<(usize, String)> = checked
             .iter()
@@ -136,10 +132,83 @@ impl BatchProcessor for NotificationProcessor {
     }
 }
 
-async fn apply(conn: &mut PgConnection, v: &Verified) -> Result<(), StoreError> {
-    if inbox::claim(conn, &v.request_id, NOTIFICATION_TYPE, &v.digest).await? != inbox::Claim::New {
-        return Ok(());
+/// Claims the batch's notifications in the inbox and confirms its plain
+/// payments together (a storm of notifications is mostly those); the rest
+/// follow one by one, in the batch's order, seeing what those did.
+async fn apply_all(
+    conn: &mut PgConnection,
+    verified: impl Iterator<Item = &Verified>,
+) -> Result<(), StoreError> {
+    let verified: Vec<&Verified> = verified.collect();
+    let claims: Vec<(&str, &str, &[u8])> = verified
+        .iter()
+        .map(|v| {
+            (
+                v.request_id.as_str(),
+                NOTIFICATION_TYPE,
+                v.digest.as_slice(),
+            )
+        })
+        .collect();
+    let new: Vec<&Verified> = inbox::claim_many(conn, &claims)
+        .await?
+        .into_iter()
+        .zip(&verified)
+        .filter(|(claim, _)| *claim == inbox::Claim::New)
+        .map(|(_, v)| *v)
+        .collect();
+    // Indices into `new`: its plain payments go together first.
+    let paid: Vec<(usize, GatewayPayment)> = new
+        .iter()
+        .enumerate()
+        .filter_map(|(i, v)| gateway_payment(v).map(|p| (i, p)))
+        .collect();
+    let batch: Vec<(&GatewayPayment, Option<&str>)> = paid
+        .iter()
+        .map(|(i, p)| (p, Some(new[*i].request_id.as_str())))
+        .collect();
+    let left = confirm_many(conn, &batch, PaidSource::Notification).await?;
+    let mut is_payment = vec![false; new.len()];
+    for (i, _) in &paid {
+        is_payment[*i] = true;
     }
+    let mut rest: Vec<usize> = (0..new.len()).filter(|i| !is_payment[*i]).collect();
+    for (k, (i, p)) in paid.iter().enumerate() {
+        if left.binary_search(&k).is_ok() {
+            rest.push(*i);
+        } else {
+            tracing::info!(out_trade_no = %p.out_trade_no, request_id = %new[*i].request_id, "payment notification confirmed");
+        }
+    }
+    rest.sort_unstable();
+    for v in rest.into_iter().map(|i| new[i]) {
+        let span =
+            tracing::info_span!("notification", request_id = %v.request_id, channel = %v.channel);
+        apply_claimed(conn, v).instrument(span).await?;
+    }
+    Ok(())
+}
+
+fn gateway_payment(v: &Verified) -> Option<GatewayPayment> {
+    match &v.notification {
+        Notification::Payment {
+            out_trade_no,
+            transaction_id,
+            amount,
+            paid_at,
+        } => Some(GatewayPayment {
+            channel: v.channel,
+            out_trade_no: out_trade_no.clone(),
+            transaction_id: transaction_id.clone(),
+            amount: *amount,
+            paid_at: *paid_at,
+        }),
+        _ => None,
+    }
+}
+
+/// One notification already claimed in the inbox.
+async fn apply_claimed(conn: &mut PgConnection, v: &Verified) -> Result<(), StoreError> {
     let rid = Some(v.request_id.as_str());
     match &v.notification {
         Notification::Payment {

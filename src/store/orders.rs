@@ -93,6 +93,21 @@ pub async fn get_for_update(
     row.map(Order::try_from).transpose()
 }
 
+/// Locks many rows at once, in `order_id` order: one lock order for every
+/// batch, so two batches never deadlock on each other.
+pub async fn get_many_for_update(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+) -> Result<Vec<Order>, StoreError> {
+    let rows: Vec<OrderRow> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM orders WHERE order_id = ANY($1) ORDER BY order_id FOR UPDATE"
+    ))
+    .bind(ids)
+    .fetch_all(conn)
+    .await?;
+    rows.into_iter().map(Order::try_from).collect()
+}
+
 /// Inserts a new order. Returns false when the order id already exists.
 pub async fn insert(conn: &mut PgConnection, o: &Order) -> Result<bool, StoreError> {
     let done = sqlx::query(
@@ -149,6 +164,49 @@ pub async fn update(
         return Err(StoreError::Conflict(format!(
             "order {} is no longer {}",
             o.order_id, expected
+        )));
+    }
+    Ok(())
+}
+
+/// Writes back what a payment changes (`Order::mark_paid`) for many orders
+/// in one statement, each only if it is still `pending_payment`; a row that
+/// is not is a conflict, as in `update`.
+pub async fn update_paid_many(conn: &mut PgConnection, paid: &[&Order]) -> Result<(), StoreError> {
+    if paid.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = paid.iter().map(|o| o.order_id.0).collect();
+    let statuses: Vec<&str> = paid.iter().map(|o| o.status.as_str()).collect();
+    let states: Vec<&str> = paid.iter().map(|o| o.payment_state.as_str()).collect();
+    let amounts: Vec<i64> = paid.iter().map(|o| o.paid_amount.fen()).collect();
+    let transactions: Vec<Option<&str>> = paid
+        .iter()
+        .map(|o| o.gateway_transaction_id.as_deref())
+        .collect();
+    let paid_at: Vec<Option<DateTime<Utc>>> = paid.iter().map(|o| o.paid_at).collect();
+    let done = sqlx::query(
+        "UPDATE orders o SET status = t.status, payment_state = t.payment_state, paid_amount = t.paid_amount, \
+         gateway_transaction_id = t.transaction_id, paid_at = t.paid_at, updated_at = now() \
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int8[], $5::text[], $6::timestamptz[]) \
+           AS t(order_id, status, payment_state, paid_amount, transaction_id, paid_at) \
+         WHERE o.order_id = t.order_id AND o.status = $7",
+    )
+    .bind(&ids)
+    .bind(&statuses)
+    .bind(&states)
+    .bind(&amounts)
+    .bind(&transactions)
+    .bind(&paid_at)
+    .bind(OrderStatus::PendingPayment.as_str())
+    .execute(conn)
+    .await?;
+    if done.rows_affected() != paid.len() as u64 {
+        return Err(StoreError::Conflict(format!(
+            "{} of {} orders are no longer {}",
+            paid.len() as u64 - done.rows_affected(),
+            paid.len(),
+            OrderStatus::PendingPayment
         )));
     }
     Ok(())
