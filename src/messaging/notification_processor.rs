@@ -210,23 +210,14 @@ fn gateway_payment(v: &Verified) -> Option<GatewayPayment> {
 /// One notification already claimed in the inbox.
 async fn apply_claimed(conn: &mut PgConnection, v: &Verified) -> Result<(), StoreError> {
     let rid = Some(v.request_id.as_str());
+    if let Some(payment) = gateway_payment(v) {
+        let outcome = confirm_payment(conn, &payment, PaidSource::Notification, rid).await?;
+        tracing::info!(out_trade_no = %payment.out_trade_no, outcome = ?std::mem::discriminant(&outcome), "payment notification applied");
+        return Ok(());
+    }
     match &v.notification {
-        Notification::Payment {
-            out_trade_no,
-            transaction_id,
-            amount,
-            paid_at,
-        } => {
-            let payment = GatewayPayment {
-                channel: v.channel,
-                out_trade_no: out_trade_no.clone(),
-                transaction_id: transaction_id.clone(),
-                amount: *amount,
-                paid_at: *paid_at,
-            };
-            let outcome = confirm_payment(conn, &payment, PaidSource::Notification, rid).await?;
-            tracing::info!(out_trade_no = %out_trade_no, outcome = ?std::mem::discriminant(&outcome), "payment notification applied");
-        }
+        // Applied above.
+        Notification::Payment { .. } => {}
         Notification::Refund {
             out_refund_no,
             gateway_refund_id,

@@ -129,6 +129,44 @@ async fn cleanup_once(name: &str) {
 }
 
 /// Deliveries of `queue`, taken without acks (the test only reads them).
+/// Declares `queue` with `opts` and binds it to every event of `events`.
+pub async fn bind_to_events(
+    channel: &Channel,
+    queue: &str,
+    opts: QueueDeclareOptions,
+    events: &str,
+) {
+    channel
+        .queue_declare(queue.into(), opts, FieldTable::default())
+        .await
+        .expect("declare the events queue");
+    channel
+        .queue_bind(
+            queue.into(),
+            events.into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind the events queue");
+}
+
+/// An exclusive queue bound to every event of `P.events`, consumed no-ack.
+pub async fn tap_events(
+    channel: &Channel,
+    names: &payrecon::messaging::topology::Names,
+) -> lapin::Consumer {
+    let tap = format!("{}.tap", names.events);
+    let opts = QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    };
+    bind_to_events(channel, &tap, opts, &names.events).await;
+    consume_no_ack(channel, &tap).await
+}
+
 pub async fn consume_no_ack(channel: &Channel, queue: &str) -> lapin::Consumer {
     channel
         .basic_consume(
@@ -170,27 +208,7 @@ impl Broker {
         payrecon::messaging::topology::declare(&channel, &names)
             .await
             .expect("topology");
-        let tap = format!("{}.tap", names.events);
-        let opts = QueueDeclareOptions {
-            exclusive: true,
-            auto_delete: true,
-            ..Default::default()
-        };
-        channel
-            .queue_declare(tap.as_str().into(), opts, FieldTable::default())
-            .await
-            .expect("tap");
-        channel
-            .queue_bind(
-                tap.as_str().into(),
-                names.events.as_str().into(),
-                "#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("bind");
-        let events = consume_no_ack(&channel, &tap).await;
+        let events = tap_events(&channel, &names).await;
         Broker {
             conn,
             channel,

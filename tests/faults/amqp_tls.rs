@@ -8,9 +8,8 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use lapin::options::{BasicPublishOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::BasicPublishOptions;
 use lapin::tcp::OwnedTLSConfig;
-use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use payrecon::app::Daemon;
 use payrecon::config::{AmqpSettings, Secret};
@@ -225,7 +224,7 @@ async fn a_daemon_works_over_amqps_end_to_end() {
     let conn = test_connection(&url, &ca).await;
     let channel = conn.create_channel().await.expect("channel");
     topology::declare(&channel, &names).await.expect("topology");
-    let mut events = tap(&channel, &names).await;
+    let mut events = crate::common::tap_events(&channel, &names).await;
 
     let daemon = Daemon::start(env.settings.clone())
         .await
@@ -302,31 +301,6 @@ async fn idle_link_lives_on_heartbeats(node: &TlsNode, env: &TestEnv) {
     let acked = link.publish_all(vec![message]).await.expect("publish");
     assert_eq!(acked, [true]);
     link.close().await;
-}
-
-/// An exclusive queue bound to every event of `P.events`, consumed no-ack.
-async fn tap(channel: &Channel, names: &Names) -> lapin::Consumer {
-    let tap = format!("{}.tap", names.events);
-    let opts = QueueDeclareOptions {
-        exclusive: true,
-        auto_delete: true,
-        ..Default::default()
-    };
-    channel
-        .queue_declare(tap.as_str().into(), opts, FieldTable::default())
-        .await
-        .expect("tap");
-    channel
-        .queue_bind(
-            tap.as_str().into(),
-            names.events.as_str().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("bind");
-    crate::common::consume_no_ack(channel, &tap).await
 }
 
 /// Publishes `n` order.place requests; returns their request ids.

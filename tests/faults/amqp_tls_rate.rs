@@ -14,10 +14,7 @@
 
 use std::time::Instant;
 
-use lapin::options::{
-    ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions, QueuePurgeOptions,
-};
-use lapin::types::FieldTable;
+use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions, QueuePurgeOptions};
 use lapin::{Channel, Connection, ConnectionProperties};
 use payrecon::messaging::broker_tls::BrokerTls;
 use payrecon::messaging::confirm_link::ConfirmLink;
@@ -71,20 +68,7 @@ async fn amqp_tls_rate_link_against_lapin() {
         durable: true,
         ..Default::default()
     };
-    admin
-        .queue_declare(queue.as_str().into(), durable, FieldTable::default())
-        .await
-        .expect("sink");
-    admin
-        .queue_bind(
-            queue.as_str().into(),
-            names.events.as_str().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("bind");
+    crate::common::bind_to_events(&admin, &queue, durable, &names.events).await;
     let target = Target {
         tls: BrokerTls::from_settings(&node.amqp(amqps.clone(), &ca, &prefix)).expect("ca"),
         names,
