@@ -289,15 +289,6 @@ fn print_stage(channel: Channel, runs: &[Run]) {
     );
 }
 
-fn vm_hwm_kib() -> i64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// The child: one reconciliation, as `payrecon recon run --bill-file` runs
 /// it, and one JSON line on stdout.
 fn child(url: &str, channel: Channel, bill: &Path) {
@@ -317,7 +308,7 @@ fn child(url: &str, channel: Channel, bill: &Path) {
             business_offset: data::offset(),
             progress: None,
         };
-        let hwm_start_kib = vm_hwm_kib();
+        let hwm_start_kib = cpu::peak_rss_kib();
         // PostgreSQL's side is read here, while this run's backends live:
         // a backend's ticks leave /proc with it.
         let mut probe = PgConnection::connect(url).await.expect("probe connection");
@@ -346,7 +337,7 @@ fn child(url: &str, channel: Channel, bill: &Path) {
             "seconds": seconds,
             "cpu_ticks": cpu_ticks,
             "pg_ticks": pg_ticks,
-            "hwm_kib": vm_hwm_kib(),
+            "hwm_kib": cpu::peak_rss_kib(),
             "hwm_start_kib": hwm_start_kib,
             "figures": sql::report_figures(&report),
         })

@@ -18,6 +18,9 @@ use payrecon::gateway::bill::{alipay, open_bill, wechat};
 
 const SMALL: u64 = 10_000;
 
+#[allow(dead_code)] // the other benches use the rest
+#[path = "support/cpu.rs"]
+mod cpu;
 #[path = "support/report.rs"]
 mod report;
 const FLAT_LIMIT_KB: i64 = 16 * 1024;
@@ -92,17 +95,8 @@ fn main() {
     }
 }
 
-fn vm_hwm_kb() -> i64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 fn child(channel: Channel, path: &Path) {
-    let before = vm_hwm_kb();
+    let before = cpu::peak_rss_kib();
     let started = Instant::now();
     let (mut rows, mut fen) = (0u64, 0i64);
     for record in open_bill(channel, path, None).expect("open") {
@@ -110,7 +104,7 @@ fn child(channel: Channel, path: &Path) {
         rows += 1;
         fen += r.amount.fen();
     }
-    let after = vm_hwm_kb();
+    let after = cpu::peak_rss_kib();
     println!(
         "{} {rows} rows, {fen} fen, parsed in {:.1?}",
         after - before,

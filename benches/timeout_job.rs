@@ -214,7 +214,7 @@ async fn bench(n: u64) {
                 "direct_calls_and_simulator": baseline_cpu.0,
                 "postgres_direct": baseline_cpu.1,
             },
-            "peak_rss_mib": vm_hwm_kib() as f64 / 1024.0,
+            "peak_rss_mib": cpu::peak_rss_kib() as f64 / 1024.0,
             "every_order_queried_and_closed": true,
         }),
     );
@@ -341,13 +341,4 @@ async fn check_call_log(http: &reqwest::Client, base: &str, n: u64) {
         assert!(closed.contains(&id), "order {id} was not closed");
     }
     eprintln!("call log: all {n} orders queried and closed at the gateway");
-}
-
-fn vm_hwm_kib() -> i64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }

@@ -106,3 +106,15 @@ fn ticks_of(pid: &str) -> Option<u64> {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
+
+/// This process's peak resident memory so far (`VmHWM`), in KiB; 0 where
+/// /proc cannot tell.
+#[allow(dead_code)] // only the benches that report memory use it
+pub fn peak_rss_kib() -> i64 {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
