@@ -99,13 +99,24 @@ async fn publish_group(broker: &BrokerState, queue: &str, group: Vec<Pending>) {
         }
         return;
     };
-    let messages = group
+    // Taken apart so each message's properties move into its publish
+    // rather than being cloned, and the callers wait apart from both.
+    let mut bodies = Vec::with_capacity(group.len());
+    let mut properties = Vec::with_capacity(group.len());
+    let mut callers = Vec::with_capacity(group.len());
+    for p in group {
+        bodies.push(p.body);
+        properties.push(p.properties);
+        callers.push(p.done);
+    }
+    let messages = bodies
         .iter()
-        .map(|p| Outgoing {
+        .zip(properties)
+        .map(|(body, properties)| Outgoing {
             exchange: "",
             routing_key: queue,
-            body: &p.body,
-            properties: p.properties.clone(),
+            body,
+            properties,
         })
         .collect();
     let outcomes: Vec<Result<(), EnqueueError>> =
@@ -117,9 +128,9 @@ async fn publish_group(broker: &BrokerState, queue: &str, group: Vec<Pending>) {
                         .ok_or_else(|| EnqueueError::Publish("nacked".into()))
                 })
                 .collect(),
-            Err(e) => vec![Err(EnqueueError::Publish(e.to_string())); group.len()],
+            Err(e) => vec![Err(EnqueueError::Publish(e.to_string())); callers.len()],
         };
-    for (p, outcome) in group.into_iter().zip(outcomes) {
-        let _ = p.done.send(outcome);
+    for (done, outcome) in callers.into_iter().zip(outcomes) {
+        let _ = done.send(outcome);
     }
 }

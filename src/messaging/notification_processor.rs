@@ -157,34 +157,28 @@ async fn apply_all(
         .filter(|(claim, _)| *claim == inbox::Claim::New)
         .map(|(_, v)| *v)
         .collect();
-    // Indices into `new`: its plain payments go together first.
-    let paid: Vec<(usize, GatewayPayment)> = new
+    let payments: Vec<Option<GatewayPayment>> = new.iter().map(|v| gateway_payment(v)).collect();
+    let batch: Vec<(&GatewayPayment, Option<&str>)> = new
         .iter()
-        .enumerate()
-        .filter_map(|(i, v)| gateway_payment(v).map(|p| (i, p)))
+        .zip(&payments)
+        .filter_map(|(v, p)| p.as_ref().map(|p| (p, Some(v.request_id.as_str()))))
         .collect();
-    let batch: Vec<(&GatewayPayment, Option<&str>)> = paid
-        .iter()
-        .map(|(i, p)| (p, Some(new[*i].request_id.as_str())))
-        .collect();
-    let left = confirm_many(conn, &batch, PaidSource::Notification).await?;
-    let mut is_payment = vec![false; new.len()];
-    for (i, _) in &paid {
-        is_payment[*i] = true;
-    }
-    let mut rest: Vec<usize> = (0..new.len()).filter(|i| !is_payment[*i]).collect();
-    for (k, (i, p)) in paid.iter().enumerate() {
-        if left.binary_search(&k).is_ok() {
-            rest.push(*i);
-        } else {
-            tracing::info!(out_trade_no = %p.out_trade_no, request_id = %new[*i].request_id, "payment notification confirmed");
+    // One flag per payment, in order: consumed only where there is a payment.
+    let mut confirmed = confirm_many(conn, &batch, PaidSource::Notification)
+        .await?
+        .into_iter();
+    for (v, payment) in new.into_iter().zip(&payments) {
+        if let Some(p) = payment {
+            if confirmed.next() == Some(true) {
+                tracing::info!(out_trade_no = %p.out_trade_no, request_id = %v.request_id, "payment notification confirmed");
+                continue;
+            }
         }
-    }
-    rest.sort_unstable();
-    for v in rest.into_iter().map(|i| new[i]) {
         let span =
             tracing::info_span!("notification", request_id = %v.request_id, channel = %v.channel);
-        apply_claimed(conn, v).instrument(span).await?;
+        apply_claimed(conn, v, payment.as_ref())
+            .instrument(span)
+            .await?;
     }
     Ok(())
 }
@@ -207,16 +201,21 @@ fn gateway_payment(v: &Verified) -> Option<GatewayPayment> {
     }
 }
 
-/// One notification already claimed in the inbox.
-async fn apply_claimed(conn: &mut PgConnection, v: &Verified) -> Result<(), StoreError> {
+/// One notification already claimed in the inbox (`payment`: its payment,
+/// when it is one).
+async fn apply_claimed(
+    conn: &mut PgConnection,
+    v: &Verified,
+    payment: Option<&GatewayPayment>,
+) -> Result<(), StoreError> {
     let rid = Some(v.request_id.as_str());
-    if let Some(payment) = gateway_payment(v) {
-        let outcome = confirm_payment(conn, &payment, PaidSource::Notification, rid).await?;
+    if let Some(payment) = payment {
+        let outcome = confirm_payment(conn, payment, PaidSource::Notification, rid).await?;
         tracing::info!(out_trade_no = %payment.out_trade_no, outcome = ?std::mem::discriminant(&outcome), "payment notification applied");
         return Ok(());
     }
     match &v.notification {
-        // Applied above.
+        // The caller passes a payment's `GatewayPayment`.
         Notification::Payment { .. } => {}
         Notification::Refund {
             out_refund_no,

@@ -123,61 +123,57 @@ pub async fn confirm_payment(
 }
 
 /// The common case of a batch of notifications in three statements rather
-/// than three per payment: every payment whose order (of its channel) waits
-/// for exactly its amount is confirmed as `confirm_payment` would, in one
-/// locking read, one update and one insert of the `order.paid` events.
-/// Returns the indices of the payments left for `confirm_payment`, to be
-/// applied after these: anomalies, replays, unknown orders, and a second
-/// payment for an order of the batch (which must see the first's effect).
+/// than three per payment: every payment the order's own rules confirm
+/// (`Order::apply_gateway_payment`) is confirmed as `confirm_payment` would,
+/// with one locking read, one update and one insert of the `order.paid`
+/// events. Returns, per payment, whether it was confirmed here; the others
+/// are for `confirm_payment`, after these: anomalies, replays, unknown
+/// orders, and a second payment for an order of the batch (which must see
+/// the first's effect).
 pub async fn confirm_many(
     conn: &mut PgConnection,
     payments: &[(&GatewayPayment, Option<&str>)],
     source: PaidSource,
-) -> Result<Vec<usize>, StoreError> {
+) -> Result<Vec<bool>, StoreError> {
     let ids: Vec<uuid::Uuid> = payments
         .iter()
         .filter_map(|(p, _)| OrderId::from_out_trade_no(&p.out_trade_no).map(|id| id.0))
         .collect();
-    let mut waiting: HashMap<uuid::Uuid, Order> = orders::get_many_for_update(conn, &ids)
+    let mut locked: HashMap<uuid::Uuid, Order> = orders::get_many_for_update(conn, &ids)
         .await?
         .into_iter()
         .map(|o| (o.order_id.0, o))
         .collect();
     let mut confirmed = Vec::new();
     let mut events = Vec::new();
-    let mut rest = Vec::new();
-    for (i, (p, request_id)) in payments.iter().enumerate() {
+    let mut done = Vec::with_capacity(payments.len());
+    for (p, request_id) in payments {
         let order = OrderId::from_out_trade_no(&p.out_trade_no)
-            .and_then(|id| waiting.remove(&id.0))
-            .filter(|o| {
-                o.payment_method == p.channel
-                    && o.status == OrderStatus::PendingPayment
-                    && o.total_amount == p.amount
-            });
+            .and_then(|id| locked.remove(&id.0))
+            .filter(|o| o.payment_method == p.channel);
         let Some(mut order) = order else {
-            rest.push(i);
+            done.push(false);
             continue;
         };
-        match order
+        let verdict = order
             .apply_gateway_payment(&p.transaction_id, p.amount, p.paid_at)
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?
-        {
-            PaymentVerdict::Confirmed => {
-                events.push(Event::for_order(
-                    OrderEvent::PaymentConfirmed.event_type(),
-                    &order,
-                    *request_id,
-                    json!({ "source": source.as_str() }),
-                ));
-                confirmed.push(order);
-            }
-            _ => rest.push(i),
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let is_confirmed = verdict == PaymentVerdict::Confirmed;
+        if is_confirmed {
+            events.push(Event::for_order(
+                OrderEvent::PaymentConfirmed.event_type(),
+                &order,
+                *request_id,
+                json!({ "source": source.as_str() }),
+            ));
+            confirmed.push(order);
         }
+        done.push(is_confirmed);
     }
     let paid: Vec<&Order> = confirmed.iter().collect();
     orders::update_paid_many(conn, &paid).await?;
     outbox::enqueue_many(conn, &events).await?;
-    Ok(rest)
+    Ok(done)
 }
 
 /// Records the anomaly once per (channel, out_trade_no, kind, transaction):

@@ -4,8 +4,7 @@
 mod local;
 
 pub use local::{
-    orders_by_out_trade_no, paid_in_window, paid_in_window_count, paid_in_window_sql,
-    refunds_in_window, status_groups,
+    orders_by_out_trade_no, paid_in_window, paid_in_window_count, refunds_in_window, status_groups,
 };
 
 use chrono::{DateTime, NaiveDate, Utc};

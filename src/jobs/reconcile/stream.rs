@@ -39,8 +39,7 @@ pub(super) async fn match_bill(
     let expected = store::paid_in_window_count(&mut conn, run.channel, from, to).await?;
     let mut matcher = Matcher::with_capacity(usize::try_from(expected).unwrap_or(0));
     {
-        let sql = store::paid_in_window_sql();
-        let mut orders = store::paid_in_window(&mut conn, &sql, run.channel, from, to);
+        let mut orders = store::paid_in_window(&mut conn, run.channel, from, to);
         while let Some(order) = orders.next().await {
             matcher.add_expected(order?);
         }

@@ -90,28 +90,26 @@ pub async fn paid_in_window_count(
     )
 }
 
+/// The statement [`paid_in_window`] runs, built once: the stream borrows
+/// its text for as long as it runs.
+static PAID_IN_WINDOW_SELECT: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("SELECT {LOCAL_COLUMNS} {PAID_IN_WINDOW}"));
+
 /// Orders of the channel paid in `[from, to)`, streamed: a day of a million
 /// orders is never held as rows all at once, only as the matcher's keys.
-pub fn paid_in_window<'c>(
-    conn: &'c mut PgConnection,
-    sql: &'c str,
+pub fn paid_in_window(
+    conn: &mut PgConnection,
     channel: Channel,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
-) -> impl futures::Stream<Item = Result<LocalOrder, StoreError>> + 'c {
+) -> impl futures::Stream<Item = Result<LocalOrder, StoreError>> + '_ {
     use futures::StreamExt;
-    sqlx::query_as::<_, LocalRow>(sql)
+    sqlx::query_as::<_, LocalRow>(PAID_IN_WINDOW_SELECT.as_str())
         .bind(channel.as_str())
         .bind(from)
         .bind(to)
         .fetch(conn)
         .map(|row| LocalOrder::try_from(row?))
-}
-
-/// The statement [`paid_in_window`] runs (built once by the caller, which
-/// holds it while the stream borrows it).
-pub fn paid_in_window_sql() -> String {
-    format!("SELECT {LOCAL_COLUMNS} {PAID_IN_WINDOW}")
 }
 
 /// The channel's orders among `out_trade_nos` (a bill's batch).
