@@ -181,35 +181,11 @@ pub struct Instance {
 
 impl Instance {
     pub async fn start(env: &TestEnv, tag: &str, amqp_url: &str) -> Instance {
-        let s = &env.settings;
         let http = format!("127.0.0.1:{}", free_port());
         let log = env.keys_dir.path().join(format!("{tag}.log"));
-        let log_file = std::fs::File::create(&log).expect("log file");
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_payrecon"))
-            .arg("run")
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("PAYRECON__DATABASE__URL", s.database.url.expose())
-            .env(
-                "PAYRECON__DATABASE__MAX_CONNECTIONS",
-                s.database.max_connections.to_string(),
-            )
-            .env("PAYRECON__AMQP__URL", amqp_url)
-            .env("PAYRECON__AMQP__PREFIX", &s.amqp.prefix)
-            .env("PAYRECON__HTTP__LISTEN", &http)
-            .env(
-                "PAYRECON__SIMULATOR__LISTEN",
-                format!("127.0.0.1:{}", free_port()),
-            )
-            .env("PAYRECON__SIMULATOR__KEYS_DIR", env.keys_dir.path())
-            .env(
-                "PAYRECON__JOBS__TIMEOUT_CANCEL__SCHEDULE",
-                &s.jobs.timeout_cancel.schedule,
-            )
+        let child = crate::scale_support::run_command(env, amqp_url, &http, &log)
             // The supervisor's lines say when and where each session began.
             .env("RUST_LOG", "warn,payrecon::messaging::supervisor=info")
-            .stdout(std::process::Stdio::null())
-            .stderr(log_file)
-            .kill_on_drop(true)
             .spawn()
             .expect("spawn payrecon run");
         let mut instance = Instance {

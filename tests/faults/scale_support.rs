@@ -100,14 +100,20 @@ fn free_port() -> u16 {
     listener.local_addr().expect("addr").port()
 }
 
-/// Starts `payrecon run` on `env`'s database, prefix and timing, and waits
-/// until it is ready.
-pub async fn start_binary(env: &TestEnv, tag: &str) -> Running {
+/// `payrecon run` on `env`'s database, prefix and timeout job schedule,
+/// against `amqp_url`, answering on `http`, its simulator on a free port,
+/// its stderr in `log`; killed when dropped. Callers add their own
+/// variables and spawn it.
+pub fn run_command(
+    env: &TestEnv,
+    amqp_url: &str,
+    http: &str,
+    log: &std::path::Path,
+) -> tokio::process::Command {
     let s = &env.settings;
-    let http = format!("127.0.0.1:{}", free_port());
-    let log = env.keys_dir.path().join(format!("{tag}.log"));
-    let log_file = std::fs::File::create(&log).expect("log file");
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_payrecon"))
+    let log_file = std::fs::File::create(log).expect("log file");
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_payrecon"));
+    command
         .arg("run")
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("PAYRECON__DATABASE__URL", s.database.url.expose())
@@ -115,26 +121,36 @@ pub async fn start_binary(env: &TestEnv, tag: &str) -> Running {
             "PAYRECON__DATABASE__MAX_CONNECTIONS",
             s.database.max_connections.to_string(),
         )
-        .env("PAYRECON__AMQP__URL", AMQP)
+        .env("PAYRECON__AMQP__URL", amqp_url)
         .env("PAYRECON__AMQP__PREFIX", &s.amqp.prefix)
-        .env("PAYRECON__HTTP__LISTEN", &http)
+        .env("PAYRECON__HTTP__LISTEN", http)
         .env(
             "PAYRECON__SIMULATOR__LISTEN",
             format!("127.0.0.1:{}", free_port()),
         )
         .env("PAYRECON__SIMULATOR__KEYS_DIR", env.keys_dir.path())
         .env(
-            "PAYRECON__ORDERS__PAY_TIMEOUT",
-            format!("{}ms", s.orders.pay_timeout.0.as_millis()),
-        )
-        .env(
             "PAYRECON__JOBS__TIMEOUT_CANCEL__SCHEDULE",
             &s.jobs.timeout_cancel.schedule,
         )
-        .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .stderr(log_file)
-        .kill_on_drop(true)
+        .kill_on_drop(true);
+    command
+}
+
+/// Starts `payrecon run` on `env`'s database, prefix and timing, and waits
+/// until it is ready.
+pub async fn start_binary(env: &TestEnv, tag: &str) -> Running {
+    let s = &env.settings;
+    let http = format!("127.0.0.1:{}", free_port());
+    let log = env.keys_dir.path().join(format!("{tag}.log"));
+    let child = run_command(env, AMQP, &http, &log)
+        .env(
+            "PAYRECON__ORDERS__PAY_TIMEOUT",
+            format!("{}ms", s.orders.pay_timeout.0.as_millis()),
+        )
+        .env("RUST_LOG", "warn")
         .spawn()
         .expect("spawn payrecon run");
     let mut running = Running { child, log };
