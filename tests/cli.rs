@@ -18,6 +18,22 @@ fn payrecon(env: &TestEnv) -> Command {
     cmd
 }
 
+/// `payrecon run` on `env`, answering on `http`, its simulator on a free
+/// port, its stderr in `log`.
+fn run_command(env: &TestEnv, http: &str, log: &std::path::Path) -> Command {
+    let mut cmd = payrecon(env);
+    cmd.arg("run")
+        .env("PAYRECON__HTTP__LISTEN", http)
+        .env(
+            "PAYRECON__SIMULATOR__LISTEN",
+            format!("127.0.0.1:{}", free_port()),
+        )
+        .env("PAYRECON__SIMULATOR__KEYS_DIR", env.keys_dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap());
+    cmd
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_then_order_show() {
     let env = TestEnv::new("cli");
@@ -192,20 +208,9 @@ fn run_says_why_the_broker_refuses() {
     ];
     for (url, expected) in cases {
         let log = env.keys_dir.path().join("run.log");
-        let mut child = payrecon(&env)
-            .arg("run")
+        let http = format!("127.0.0.1:{}", free_port());
+        let mut child = run_command(&env, &http, &log)
             .env("PAYRECON__AMQP__URL", &url)
-            .env(
-                "PAYRECON__HTTP__LISTEN",
-                format!("127.0.0.1:{}", free_port()),
-            )
-            .env(
-                "PAYRECON__SIMULATOR__LISTEN",
-                format!("127.0.0.1:{}", free_port()),
-            )
-            .env("PAYRECON__SIMULATOR__KEYS_DIR", env.keys_dir.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -249,18 +254,9 @@ fn the_broker_password_comes_from_a_file() {
         std::fs::write(&pw_file, password).unwrap();
         let log = env.keys_dir.path().join("pwfile.log");
         let http = format!("127.0.0.1:{}", free_port());
-        let mut child = payrecon(&env)
-            .arg("run")
+        let mut child = run_command(&env, &http, &log)
             .env("PAYRECON__AMQP__URL", url)
             .env("PAYRECON__AMQP__PASSWORD_FILE", &pw_file)
-            .env("PAYRECON__HTTP__LISTEN", &http)
-            .env(
-                "PAYRECON__SIMULATOR__LISTEN",
-                format!("127.0.0.1:{}", free_port()),
-            )
-            .env("PAYRECON__SIMULATOR__KEYS_DIR", env.keys_dir.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
