@@ -269,7 +269,9 @@ fn wechat(keys: &SimKeys, sim: &payrecon::config::SimulatorSettings, otn: &str) 
 fn alipay(keys: &SimKeys, sim: &payrecon::config::SimulatorSettings, otn: &str) -> Post {
     let now = Utc::now().with_timezone(&beijing());
     let local = now.format("%Y-%m-%d %H:%M:%S").to_string();
-    let yuan = format!("{}.{:02}", AMOUNT_FEN / 100, AMOUNT_FEN % 100);
+    let yuan = payrecon::domain::Money::from_fen(AMOUNT_FEN)
+        .expect("the bench's amount")
+        .to_yuan_string();
     let mut fields: Vec<(&str, String)> = vec![
         ("app_id", sim.alipay_app_id.clone()),
         ("auth_app_id", sim.alipay_app_id.clone()),
