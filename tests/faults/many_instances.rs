@@ -61,6 +61,10 @@ async fn three_daemons_create_and_cancel_each_order_once() {
     let pool = test_pool(&env).await;
     assert_settled(&pool, ORDERS).await;
     let instances: Vec<String> = daemons.iter().map(|d| d.instance.clone()).collect();
+    // The work can be done before the daemon that started last wins a slot
+    // (seen in CI: 16 slots between two); the schedule goes on, so give it
+    // time to reach every one before judging that all take part.
+    wait_each_ran(&pool, &instances, 60).await;
     for d in daemons {
         d.stop().await;
     }
@@ -294,4 +298,20 @@ async fn a_daemon_killed_mid_stream_leaves_its_work_to_the_other_two() {
     assert_eq!(s.doubled, 0, "{s:?}");
     assert_eq!(s.lost, 0, "{s:?}");
     pool.close().await;
+}
+
+/// Waits (at most `secs`) until each of `instances` has a run of the
+/// timeout job; the caller's assertions say whether they all did.
+async fn wait_each_ran(pool: &PgPool, instances: &[String], secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        let runs = crate::scale_runs::timeout_runs(pool).await;
+        if instances
+            .iter()
+            .all(|i| runs.iter().any(|r| &r.instance == i))
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
